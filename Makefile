@@ -1,0 +1,49 @@
+# tokc: common tasks. `make demo` sets everything up and runs the main job; `make test` runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/train
+KODAK ?= ../shared/data/kodak
+IMG ?= $(shell $(BIN)/python -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))" 2>/dev/null)
+
+.PHONY: setup demo test bench eval train-tokenizer train-ladder train-prior export clean
+
+$(BIN)/tokc: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,demo]"
+	touch $@
+
+setup: $(BIN)/tokc
+
+demo: setup
+	mkdir -p out
+	$(BIN)/tokc encode "$(IMG)" out/demo.tkc --bpp 0.03 -v
+	$(BIN)/tokc info out/demo.tkc
+	$(BIN)/tokc decode out/demo.tkc out/demo.png --seed 7
+	@echo "decoded image: out/demo.png"
+
+test: setup
+	$(BIN)/python -m pytest
+
+eval: setup
+	$(BIN)/python -m tokcodec.evaluate --data $(KODAK)
+
+bench: setup
+	$(BIN)/python -m tokcodec.bench --data $(KODAK)
+
+train-tokenizer: setup
+	cd src && ../$(BIN)/python -m tokcodec.train tokenizer --data ../$(DATA) --out ../runs/tok --resume
+
+train-ladder: setup
+	cd src && ../$(BIN)/python -m tokcodec.train ladder --ckpt ../runs/tok/last.pt --data ../$(DATA) --out ../runs/tok
+
+train-prior: setup
+	cd src && ../$(BIN)/python -m tokcodec.train tokens --ckpt ../runs/tok/ladder.pt --data ../$(DATA) --out ../runs/tokens.pt
+	cd src && ../$(BIN)/python -m tokcodec.train prior --tokens ../runs/tokens.pt --out ../runs/prior --resume
+
+export: setup
+	cd src && ../$(BIN)/python -m tokcodec.train export --tokenizer ../runs/tok/ladder.pt --prior ../runs/prior/last.pt --out ../weights/tokc.safetensors
+
+clean:
+	rm -rf out build dist .pytest_cache

@@ -1,0 +1,334 @@
+"""The codec pipeline and the public Python API.
+
+encode: image -> pad (replicate) to a multiple of 32 px -> tokenizer -> token grid
+        -> keep mask (mode, edge blocks) -> block map and kept tokens range-coded stage by stage
+           with count tables from the exact prior -> .tkc bytes
+decode: .tkc -> validate -> block map -> kept tokens stage by stage (same tables) -> token CRC
+        -> dropped tokens generated from the prior in stage order (seeded) -> tokenizer decoder
+        -> crop -> image
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import container, entropy, mask, schedule
+from .container import Container, FormatError, Header
+from .prior import counts_from_logits
+from .weights import Model, load
+
+UNIT = 32  # pad to a multiple of two tokens so the 2x2 phase groups tile evenly
+
+
+class CodecError(RuntimeError):
+    """A valid-looking file that this model cannot decode, or an unreachable target."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    codebook: int
+    mode: str
+    quantile: float = 0.0
+
+    @property
+    def nominal(self) -> float:
+        """Kept share of tokens times bits per token: the order in which settings carry detail."""
+        kept = {"entire": 1.0, "checkerboard": 0.5, "edge": 0.5 + 0.5 * self.quantile,
+                "edge_more": 0.25 + 0.75 * self.quantile}[self.mode]
+        return kept * np.log2(self.codebook)
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    setting: Setting
+    tokens_total: int
+    tokens_kept: int
+    token_bits: int
+    mask_bits: float
+    info_bits: float
+    stats: dict = field(default_factory=dict)
+
+
+def pad_image(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    ph, pw = -h % UNIT, -w % UNIT
+    return np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
+
+
+def token_crc(tokens: list[np.ndarray]) -> int:
+    flat = np.concatenate(tokens) if tokens else np.zeros(0, np.int64)
+    return zlib.crc32(flat.astype("<u2").tobytes())
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CodecError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+class Codec:
+    def __init__(self, weights: str | None = None, device: str = "auto"):
+        self.device = _device(device)
+        self.model: Model = load(weights, self.device)
+        self.stage_cache: dict = {}
+
+    # ------------------------------------------------------------------ analysis
+    @torch.no_grad()
+    def analyse(self, image: Image.Image) -> dict:
+        """Everything about an image that does not depend on the rate setting."""
+        rgb = np.asarray(image.convert("RGB"))
+        padded = pad_image(rgb)
+        x = torch.from_numpy(np.array(padded)).permute(2, 0, 1)[None].float().div(255).to(self.device)
+        z = self.model.tokenizer.encode_latent(x)
+        return {"size": image.size, "z": z, "strength": mask.edge_strength(padded), "tokens": {},
+                "counts": {}}
+
+    def tokens_for(self, a: dict, k: int) -> np.ndarray:
+        if k not in a["tokens"]:
+            a["tokens"][k] = self.model.tokenizer.quantize(a["z"], k)[0].cpu().numpy().astype(np.int64)
+        return a["tokens"][k]
+
+    # ------------------------------------------------------------------ coding passes
+    def _stage_counts(self, ctx: np.ndarray, k: int, positions: np.ndarray) -> torch.Tensor:
+        return self.model.prior.counts(torch.from_numpy(ctx), k, torch.from_numpy(positions))
+
+    def _code_stages(self, grid, k, keep, step, cache=None):
+        """Run the stage loop shared by encoder and decoder. `step(stage, positions, counts)`
+        returns the tokens at `positions`. Stages whose context is the same in every mode
+        (all of UIGC's stage 0) are cached by the encoder across rate-control trials."""
+        h, w = grid
+        ctx = np.full(h * w, k, dtype=np.int64)
+        keep_flat = keep.ravel()
+        uigc0 = schedule.uigc_stage(h, w).ravel() == 0
+        coded = []
+        for s, pos in enumerate(schedule.stage_positions(h, w)):
+            kept = pos[keep_flat[pos]]
+            if kept.size:
+                cacheable = cache is not None and uigc0[pos].all()
+                if cacheable and s in cache:
+                    counts = cache[s]
+                else:
+                    counts = self._stage_counts(ctx.reshape(h, w), k, kept)
+                    if cacheable:
+                        cache[s] = counts
+                toks = step(kept, counts)
+                ctx[kept] = toks
+                coded.append(toks)
+        return ctx, coded
+
+    def encode_setting(self, a: dict, setting: Setting) -> EncodeResult:
+        k = setting.codebook
+        tokens = self.tokens_for(a, k)
+        grid = tokens.shape
+        blocks = mask.select_blocks(a["strength"], setting.quantile) if setting.mode in mask.USES_BLOCKS else None
+        keep = mask.keep_mask(setting.mode, grid, blocks)
+        enc = entropy.Encoder()
+        mask_bits = mask.encode_blocks(enc, blocks) if blocks is not None else 0.0
+        info = [0.0]
+        flat = tokens.ravel()
+
+        def step(pos, counts):
+            sym = flat[pos]
+            enc.encode(sym, counts)
+            info[0] += entropy.information_bits(sym, counts)
+            return sym
+
+        cache = a["counts"].setdefault(k, {})
+        _, coded = self._code_stages(grid, k, keep, step, cache)
+        payload = enc.finish()
+        w, h = a["size"]
+        header = Header(w, h, self.model.model_id, k, setting.mode, token_crc(coded),
+                        schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID)
+        data = container.pack(Container(header, payload))
+        return EncodeResult(data, setting, int(keep.size), int(keep.sum()), 8 * len(payload),
+                            mask_bits, info[0])
+
+    # ------------------------------------------------------------------ rate control
+    def settings(self) -> list[Setting]:
+        out = []
+        for k in self.model.codebooks:
+            out.append(Setting(k, "entire"))
+            for q in (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8):
+                out.append(Setting(k, "edge", q))
+                out.append(Setting(k, "edge_more", q))
+        return sorted(set(out), key=lambda s: (s.nominal, s.codebook))
+
+    def encode(self, image: Image.Image, bpp: float | None = None, nbytes: int | None = None,
+               codebook: int | None = None, mode: str | None = None,
+               quantile: float | None = None) -> EncodeResult:
+        """Encode with an explicit setting, or pick the richest setting that fits the target."""
+        a = self.analyse(image)
+        w, h = image.size
+        budget = None
+        if nbytes is not None:
+            budget = int(nbytes)
+        elif bpp is not None:
+            budget = int(np.floor(bpp * w * h / 8))
+        for k in [codebook] if codebook else []:
+            if k not in self.model.codebooks:
+                raise CodecError(f"codebook {k} is not in this model (choose from "
+                                 f"{', '.join(map(str, self.model.codebooks))})")
+        cands = [s for s in self.settings()
+                 if (codebook is None or s.codebook == codebook)
+                 and (mode is None or s.mode == mode)]
+        if quantile is not None:
+            cands = sorted({Setting(s.codebook, s.mode, quantile if s.mode in mask.USES_BLOCKS else 0.0)
+                            for s in cands}, key=lambda s: (s.nominal, s.codebook))
+        if mode == "checkerboard":
+            cands = [Setting(k, "checkerboard") for k in sorted({s.codebook for s in self.settings()})
+                     if codebook is None or k == codebook]
+        if budget is None:
+            return self.encode_setting(a, cands[-1])
+        # Binary search over settings ordered by nominal detail (size grows with it).
+        lo, hi, best = 0, len(cands) - 1, None
+        tried: dict[Setting, EncodeResult] = {}
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            r = tried.get(cands[mid]) or self.encode_setting(a, cands[mid])
+            tried[cands[mid]] = r
+            if len(r.data) <= budget:
+                best, lo = r, mid + 1
+            else:
+                hi = mid - 1
+        if best is None:
+            smallest = tried.get(cands[0]) or self.encode_setting(a, cands[0])
+            if len(smallest.data) <= budget:
+                return smallest
+            got = 8 * len(smallest.data) / (w * h)
+            raise CodecError(f"target {8 * budget / (w * h):.4f} bpp ({budget} bytes) cannot be reached "
+                             f"for this image; the smallest setting gives {got:.4f} bpp "
+                             f"({len(smallest.data)} bytes)")
+        return best
+
+    # ------------------------------------------------------------------ decoding
+    def read(self, data: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Container:
+        c = container.unpack(data, max_pixels)
+        hd = c.header
+        if hd.model_id != self.model.model_id:
+            raise CodecError(f"file was made with model {hd.model_id.hex()}, but the loaded weights "
+                             f"are model {self.model.model_id.hex()}; decode with matching weights "
+                             "(--weights or TOKC_WEIGHTS)")
+        if hd.schedule_id != schedule.SCHEDULE_ID or hd.coder_id != entropy.CODER_ID:
+            raise CodecError(f"file uses schedule {hd.schedule_id} / coder {hd.coder_id}, which this "
+                             "tokc does not implement; upgrade tokc")
+        if hd.codebook not in self.model.codebooks:
+            raise CodecError(f"file uses codebook K={hd.codebook}, which the loaded model lacks")
+        return c
+
+    def decode_tokens(self, c: Container) -> tuple[np.ndarray, np.ndarray]:
+        hd = c.header
+        grid = hd.grid
+        k = hd.codebook
+        dec = entropy.Decoder(c.payload)
+        try:
+            blocks = mask.decode_blocks(dec, (grid[0] // 2, grid[1] // 2)) if hd.mode in mask.USES_BLOCKS else None
+            keep = mask.keep_mask(hd.mode, grid, blocks)
+            ctx, coded = self._code_stages(grid, k, keep, lambda pos, counts: dec.decode(counts))
+        except entropy.DecodeError as e:
+            raise CodecError(f"file is damaged: {e}") from None
+        if any((t < 0).any() or (t >= k).any() for t in coded) or token_crc(coded) != hd.token_crc32:
+            raise CodecError("decoded tokens fail their CRC-32: the file is damaged, or the prior "
+                             "computed different tables than the encoder's (report this as a bug)")
+        return ctx.reshape(grid), keep
+
+    def generate(self, tokens: np.ndarray, keep: np.ndarray, k: int, seed: int,
+                 temperature: float) -> np.ndarray:
+        """Fill dropped tokens stage by stage from the prior, kept tokens fixed. Context for a
+        stage: every token of earlier stages (kept or already generated), [MASK] elsewhere."""
+        h, w = tokens.shape
+        rng = np.random.Generator(np.random.PCG64(seed))
+        t_milli = int(round(temperature * 1000))
+        out = tokens.ravel().copy()
+        ids = schedule.stage_ids(h, w).ravel()
+        keep_flat = keep.ravel()
+        prior = self.model.prior
+        for s, pos in enumerate(schedule.stage_positions(h, w)):
+            drop = pos[~keep_flat[pos]]
+            if not drop.size:
+                continue
+            ctx = np.where(ids < s, out, k).reshape(h, w)
+            feats = prior.hidden(torch.from_numpy(ctx), k).reshape(-1, prior.cfg.dim)[torch.from_numpy(drop).to(prior.device)]
+            logits = prior.logits(feats, k).cpu()
+            if t_milli <= 0:
+                out[drop] = logits.argmax(-1).numpy()
+            else:
+                counts = counts_from_logits(logits, prior.exp.cpu(), t_milli)
+                out[drop] = entropy.sample(counts, rng)
+        return out.reshape(h, w)
+
+    @torch.no_grad()
+    def render(self, tokens: np.ndarray, k: int, size: tuple[int, int]) -> Image.Image:
+        t = torch.from_numpy(tokens)[None].to(self.device)
+        x = self.model.tokenizer.decode(t, k)[0]
+        arr = (x.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        w, h = size
+        return Image.fromarray(arr[:h, :w])
+
+    def decode(self, data: bytes, seed: int = 0, temperature: float = 0.0,
+               max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Image.Image:
+        c = self.read(data, max_pixels)
+        tokens, keep = self.decode_tokens(c)
+        full = self.generate(tokens, keep, c.header.codebook, seed, temperature) if not keep.all() else tokens
+        return self.render(full, c.header.codebook, (c.header.width, c.header.height))
+
+
+def describe(data: bytes) -> dict:
+    """Facts about a .tkc file that need no model (for `tokc info`)."""
+    c = container.unpack(data)
+    hd = c.header
+    gh, gw = hd.grid
+    blocks = None
+    dec = entropy.Decoder(c.payload)
+    if hd.mode in mask.USES_BLOCKS:
+        blocks = mask.decode_blocks(dec, (gh // 2, gw // 2))
+    keep = mask.keep_mask(hd.mode, (gh, gw), blocks)
+    return {
+        "format_version": f"{container.MAJOR}.{hd.minor}",
+        "width": hd.width, "height": hd.height, "bytes": len(data),
+        "bpp": 8 * len(data) / (hd.width * hd.height),
+        "codebook": hd.codebook, "mode": hd.mode,
+        "grid": [gh, gw], "tokens_total": gh * gw, "tokens_kept": int(keep.sum()),
+        "edge_blocks": None if blocks is None else int(blocks.sum()),
+        "payload_bytes": len(c.payload),
+        "token_bits": 8 * len(c.payload),
+        "overhead_bytes": len(data) - len(c.payload),
+        "model_id": hd.model_id.hex(), "schedule_id": hd.schedule_id, "coder_id": hd.coder_id,
+        "token_crc32": f"{hd.token_crc32:08x}",
+    }
+
+
+_DEFAULT: dict[tuple, Codec] = {}
+
+
+def get_codec(weights: str | None = None, device: str = "auto") -> Codec:
+    key = (weights, device)
+    if key not in _DEFAULT:
+        _DEFAULT[key] = Codec(weights, device)
+    return _DEFAULT[key]
+
+
+def encode(image, bpp: float | None = 0.03, *, nbytes: int | None = None, codebook: int | None = None,
+           mode: str | None = None, quantile: float | None = None, weights: str | None = None,
+           device: str = "auto") -> bytes:
+    """Encode a PIL image (or a path) to .tkc bytes at or under `bpp` bits per pixel."""
+    from .imageio import load_image
+    if not isinstance(image, Image.Image):
+        image = load_image(image)
+    return get_codec(weights, device).encode(image, bpp, nbytes, codebook, mode, quantile).data
+
+
+def decode(data: bytes, seed: int = 0, *, temperature: float = 0.0, weights: str | None = None,
+           device: str = "auto") -> Image.Image:
+    """Decode .tkc bytes to a PIL image; `seed` and `temperature` steer regenerated tokens."""
+    return get_codec(weights, device).decode(data, seed, temperature)
+
+
+__all__ = ["Codec", "CodecError", "FormatError", "Setting", "encode", "decode", "describe"]

@@ -1,0 +1,212 @@
+"""The .tkc container: pure bytes, no torch. spec/FORMAT.md is the normative description.
+
+    magic "\\x89TKC" | major u8 | minor u8 | header_len varint | header body | payload | file CRC-32
+
+Header body (version 1.0), in order:
+    width varint, height varint          original image size in pixels (before padding)
+    model_id 4 bytes                     first 4 bytes of SHA-256 over the weights' tensor bytes
+    grid_log2 u8                         log2 of the token size in pixels (4: one token per 16x16)
+    params u8                            low nibble log2(K), high nibble mask mode
+    schedule_id u8, coder_id u8
+    token_crc32 4 bytes (LE)             CRC-32 of the kept tokens as u16 LE in coding order
+    n_ext varint, then n_ext x (tag varint, length varint, bytes)
+        tag bit 0 set = critical (a reader that does not know the tag must refuse the file)
+Varints are unsigned LEB128 and must use the shortest form.
+The payload is the range coder's 32-bit words, little-endian. The file CRC-32 (LE) covers
+every byte before it.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+MAGIC = b"\x89TKC"
+MAJOR, MINOR = 1, 0
+MAX_DIMENSION = 65535
+DEFAULT_MAX_PIXELS = 64_000_000
+MODES = ("entire", "edge", "edge_more", "checkerboard")
+KNOWN_EXTENSIONS: dict[int, str] = {}  # tag -> name; none defined in 1.0
+
+
+class FormatError(ValueError):
+    """The bytes are not a valid .tkc file this reader can decode."""
+
+
+def put_varint(out: bytearray, value: int) -> None:
+    if value < 0:
+        raise ValueError("varint must be non-negative")
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return
+
+
+class Reader:
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None):
+        self.data, self.pos = data, pos
+        self.end = len(data) if end is None else end
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > self.end:
+            raise FormatError(f"header is cut short while reading {what}")
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def varint(self, what: str) -> int:
+        value, shift = 0, 0
+        for i in range(10):
+            b = self.u8(what)
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if b == 0 and i > 0:
+                    raise FormatError(f"{what}: varint is not in shortest form")
+                return value
+            shift += 7
+        raise FormatError(f"{what}: varint is too long")
+
+
+@dataclass
+class Header:
+    width: int
+    height: int
+    model_id: bytes
+    codebook: int
+    mode: str
+    token_crc32: int
+    grid_log2: int = 4
+    schedule_id: int = 1
+    coder_id: int = 1
+    extensions: list[tuple[int, bytes]] = field(default_factory=list)
+    minor: int = MINOR
+
+    @property
+    def token_size(self) -> int:
+        return 1 << self.grid_log2
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid (rows, cols): the image is padded to a multiple of two tokens."""
+        unit = 2 * self.token_size
+        return (-(-self.height // unit) * 2, -(-self.width // unit) * 2)
+
+
+@dataclass
+class Container:
+    header: Header
+    payload: bytes
+
+    @property
+    def overhead(self) -> int:
+        return len(pack(self)) - len(self.payload)
+
+
+def _body(h: Header) -> bytes:
+    if h.codebook & (h.codebook - 1) or not 2 <= h.codebook <= 1 << 15:
+        raise ValueError(f"codebook size {h.codebook} is not a power of two in [2, 32768]")
+    if h.mode not in MODES:
+        raise ValueError(f"unknown mode {h.mode!r}")
+    if len(h.model_id) != 4:
+        raise ValueError("model_id must be 4 bytes")
+    b = bytearray()
+    put_varint(b, h.width)
+    put_varint(b, h.height)
+    b += h.model_id
+    b.append(h.grid_log2)
+    b.append((MODES.index(h.mode) << 4) | (h.codebook.bit_length() - 1))
+    b.append(h.schedule_id)
+    b.append(h.coder_id)
+    b += struct.pack("<I", h.token_crc32)
+    put_varint(b, len(h.extensions))
+    for tag, data in h.extensions:
+        put_varint(b, tag)
+        put_varint(b, len(data))
+        b += data
+    return bytes(b)
+
+
+def pack(c: Container) -> bytes:
+    body = _body(c.header)
+    out = bytearray(MAGIC)
+    out += bytes((MAJOR, c.header.minor))
+    put_varint(out, len(body))
+    out += body
+    out += c.payload
+    out += struct.pack("<I", zlib.crc32(out))
+    return bytes(out)
+
+
+def looks_like_tkc(prefix: bytes) -> bool:
+    return prefix[:4] == MAGIC
+
+
+def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
+    """Parse and validate a .tkc file. Raises FormatError with a one-line reason."""
+    if len(data) == 0:
+        raise FormatError("file is empty")
+    if not looks_like_tkc(data):
+        if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff":
+            raise FormatError("this is an image, not a .tkc file (did you mean `tokc encode`?)")
+        raise FormatError("not a .tkc file (bad magic bytes)")
+    if len(data) < 4 + 2 + 1 + 4:
+        raise FormatError("file is truncated")
+    major, minor = data[4], data[5]
+    if major != MAJOR:
+        newer = "newer" if major > MAJOR else "older"
+        raise FormatError(f"file format version {major}.{minor} is {newer} than this tokc supports "
+                          f"({MAJOR}.x); use a matching tokc release")
+    (crc,) = struct.unpack("<I", data[-4:])
+    if zlib.crc32(data[:-4]) != crc:
+        raise FormatError("file is truncated or damaged (file CRC-32 mismatch)")
+    r = Reader(data, 6, len(data) - 4)
+    hlen = r.varint("header length")
+    start = r.pos
+    if start + hlen > r.end:
+        raise FormatError("header length points past the end of the file")
+    hr = Reader(data, start, start + hlen)
+    width = hr.varint("width")
+    height = hr.varint("height")
+    if not (1 <= width <= MAX_DIMENSION and 1 <= height <= MAX_DIMENSION):
+        raise FormatError(f"image size {width}x{height} is outside 1..{MAX_DIMENSION}")
+    if width * height > max_pixels:
+        raise FormatError(f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                          f"{max_pixels}; raise it with --max-pixels if you trust this file")
+    model_id = hr.take(4, "model id")
+    grid_log2 = hr.u8("grid")
+    if grid_log2 != 4:
+        raise FormatError(f"token size 2^{grid_log2} px is not supported (only 16)")
+    params = hr.u8("codebook/mode")
+    mode_i, log_k = params >> 4, params & 0xF
+    if mode_i >= len(MODES):
+        raise FormatError(f"unknown mask mode {mode_i}")
+    if log_k < 1:
+        raise FormatError("invalid codebook size")
+    schedule_id = hr.u8("schedule id")
+    coder_id = hr.u8("coder id")
+    (token_crc,) = struct.unpack("<I", hr.take(4, "token CRC"))
+    n_ext = hr.varint("extension count")
+    exts = []
+    for _ in range(n_ext):
+        tag = hr.varint("extension tag")
+        ln = hr.varint("extension length")
+        payload = hr.take(ln, "extension data")
+        if tag & 1 and tag not in KNOWN_EXTENSIONS:
+            raise FormatError(f"file uses critical extension {tag} that this tokc does not know; "
+                              "upgrade tokc")
+        exts.append((tag, payload))
+    # Fields appended by a later minor version are skipped: hr.pos may be < start + hlen.
+    header = Header(width, height, model_id, 1 << log_k, MODES[mode_i], token_crc, grid_log2,
+                    schedule_id, coder_id, exts, minor)
+    payload = data[start + hlen:len(data) - 4]
+    if len(payload) % 4:
+        raise FormatError("payload is not a whole number of 32-bit words (file damaged)")
+    return Container(header, payload)

@@ -1,0 +1,311 @@
+"""The multi-stage transformer prior (MST).
+
+A bidirectional transformer over the token grid. Input: token ids with [MASK] (id K) at every
+position not yet known; output: for every position, a distribution over the K codewords.
+One forward pass predicts a whole coding stage (schedule.py) from the stages before it.
+One trunk serves every codebook size: each K has its own token embedding and output head.
+
+Attention runs inside fixed windows of WxW tokens (Swin-style: every other layer shifts the
+windows by W/2), with a learned relative-position bias per head; this is the only position
+information, so the model works for any grid size, and time and memory grow linearly with
+the number of tokens.
+
+Two evaluations of the same weights:
+  * `Prior` (float, torch autograd): for training.
+  * `ExactPrior` (integers): for coding. Weights are integers with per-channel dyadic scales,
+    activations are fixed-point integers, matrix products are float64 products of integers
+    (exact while sums stay below 2**53, so any BLAS, thread count or device gives the same
+    result), and LayerNorm, softmax and the output distribution use integer arithmetic and a
+    lookup table. The encoder and the decoder therefore build identical count tables on any
+    machine (Balle et al. 2019, "Integer networks for data compression").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from decimal import Decimal, getcontext
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class PriorConfig:
+    dim: int = 128
+    depth: int = 6
+    heads: int = 4
+    mlp: int = 256
+    window: int = 8
+    codebooks: tuple[int, ...] = (1024, 256, 64, 16)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PriorConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Window partitioning, shared by both evaluations (works on any dtype).
+
+def partition(x: torch.Tensor, win: int, shift: int):
+    """(B,H,W,C) -> windows (B*nW, win*win, C), key validity (nW, win*win), layout."""
+    B, H, W, C = x.shape
+    Hp = -(-(H + shift) // win) * win
+    Wp = -(-(W + shift) // win) * win
+    xp = x.new_zeros(B, Hp, Wp, C)
+    xp[:, shift:shift + H, shift:shift + W] = x
+    valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
+    valid[shift:shift + H, shift:shift + W] = True
+    nh, nw = Hp // win, Wp // win
+    xw = xp.view(B, nh, win, nw, win, C).permute(0, 1, 3, 2, 4, 5).reshape(B * nh * nw, win * win, C)
+    vw = valid.view(nh, win, nw, win).permute(0, 2, 1, 3).reshape(nh * nw, win * win)
+    return xw, vw, (B, H, W, Hp, Wp, shift)
+
+
+def unpartition(xw: torch.Tensor, win: int, layout) -> torch.Tensor:
+    B, H, W, Hp, Wp, shift = layout
+    nh, nw = Hp // win, Wp // win
+    C = xw.shape[-1]
+    x = xw.view(B, nh, nw, win, win, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
+    return x[:, shift:shift + H, shift:shift + W]
+
+
+@lru_cache(maxsize=8)
+def rel_index(win: int) -> torch.Tensor:
+    """(win*win, win*win) indices into a (2*win-1)^2 relative-position table."""
+    ys, xs = torch.meshgrid(torch.arange(win), torch.arange(win), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dy = ys[:, None] - ys[None, :] + win - 1
+    dx = xs[:, None] - xs[None, :] + win - 1
+    return dy * (2 * win - 1) + dx
+
+
+# ---------------------------------------------------------------------------------------------
+# Float model (training).
+
+class Block(nn.Module):
+    def __init__(self, cfg: PriorConfig, shift: int):
+        super().__init__()
+        self.cfg, self.shift = cfg, shift
+        self.ln1 = nn.LayerNorm(cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.rel = nn.Parameter(torch.zeros(cfg.heads, (2 * cfg.window - 1) ** 2))
+        self.ln2 = nn.LayerNorm(cfg.dim)
+        self.fc1 = nn.Linear(cfg.dim, cfg.mlp)
+        self.fc2 = nn.Linear(cfg.mlp, cfg.dim)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        hd = cfg.dim // cfg.heads
+        qkv = self.qkv(x)
+        xw, valid, layout = partition(qkv, cfg.window, self.shift)
+        n, L, _ = xw.shape
+        q, k, v = xw.view(n, L, 3, cfg.heads, hd).permute(2, 0, 3, 1, 4)
+        bias = self.rel[:, rel_index(cfg.window).to(x.device)]  # (heads, L, L)
+        nwin = valid.shape[0]
+        keymask = torch.where(valid, 0.0, float("-inf")).to(x.dtype)  # (nW, L)
+        bias = bias.unsqueeze(0) + keymask.view(nwin, 1, 1, L)  # (nW, heads, L, L)
+        bias = bias.repeat(n // nwin, 1, 1, 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = out.transpose(1, 2).reshape(n, L, cfg.dim)
+        return self.proj(unpartition(out, cfg.window, layout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.ln1(x))
+        return x + self.fc2(F.relu(self.fc1(self.ln2(x))))
+
+
+class Prior(nn.Module):
+    def __init__(self, cfg: PriorConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or PriorConfig()
+        self.emb = nn.ModuleDict({str(k): nn.Embedding(k + 1, cfg.dim) for k in cfg.codebooks})
+        for e in self.emb.values():
+            nn.init.normal_(e.weight, std=0.5)
+        self.blocks = nn.ModuleList(
+            [Block(cfg, (i % 2) * (cfg.window // 2)) for i in range(cfg.depth)])
+        self.ln_out = nn.LayerNorm(cfg.dim)
+        self.head = nn.ModuleDict({str(k): nn.Linear(cfg.dim, k) for k in cfg.codebooks})
+
+    def forward(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
+        """tokens (B,H,W) with K = [MASK] -> logits (B,H,W,K)."""
+        x = self.emb[str(k)](tokens)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head[str(k)](self.ln_out(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact integer evaluation (coding).
+
+ACT_BITS = 8            # activations are integers in units of 2**-8
+WEIGHT_MAX = 511        # weights are 10-bit signed integers per output channel
+SCALE_SHIFT = 30        # per-channel scale = multiplier / 2**30
+GAMMA_BITS = 12         # LayerNorm gain in units of 2**-12
+EXP_BITS = 16           # exp table values in units of 2**-16
+EXP_RANGE = 16          # exp(-x) is taken as 0 beyond x = 16
+COUNT_BITS = 20         # count tables sum to at most 2**20
+
+
+@lru_cache(maxsize=1)
+def exp_table() -> torch.Tensor:
+    """EXP[i] = round(2**16 * exp(-i / 2**8)), i = 0 .. 16 * 2**8, computed in decimal
+    arithmetic (correctly rounded, identical on every machine)."""
+    getcontext().prec = 40
+    one = Decimal(1 << EXP_BITS)
+    vals = [int((one * (Decimal(-i) / Decimal(1 << ACT_BITS)).exp()).to_integral_value())
+            for i in range(EXP_RANGE * (1 << ACT_BITS) + 1)]
+    return torch.tensor(vals, dtype=torch.int64)
+
+
+def _rshift_round(v: torch.Tensor, bits: int) -> torch.Tensor:
+    return (v + (1 << (bits - 1))) >> bits
+
+
+def _div_round(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
+
+
+def _imatmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Product of integer tensors through float64 (exact: every partial sum < 2**53)."""
+    return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int64)
+
+
+def _isqrt(v: torch.Tensor) -> torch.Tensor:
+    s = torch.sqrt(v.to(torch.float64)).to(torch.int64)
+    s = torch.where(s * s > v, s - 1, s)
+    return torch.where((s + 1) * (s + 1) <= v, s + 1, s)
+
+
+def quantize_linear(w: torch.Tensor, b: torch.Tensor | None, in_scale: float = 1.0) -> dict:
+    """Float Linear (out,in) -> integer weights, per-output multipliers and integer bias.
+    `in_scale` folds a constant factor into the weights (used for 1/sqrt(head_dim))."""
+    w = w.double() * in_scale
+    amax = w.abs().amax(1).clamp_min(1e-12)
+    scale = amax / WEIGHT_MAX
+    wq = torch.round(w / scale[:, None]).to(torch.int16)
+    mult = torch.round(scale * (1 << SCALE_SHIFT)).to(torch.int64)
+    bias = torch.zeros(w.shape[0], dtype=torch.float64) if b is None else b.double() * in_scale
+    bq = torch.round(bias * (1 << ACT_BITS)).to(torch.int32)
+    return {"w": wq.t().contiguous(), "m": mult.to(torch.int32), "b": bq}
+
+
+def quantize(prior: Prior) -> dict[str, torch.Tensor]:
+    """Float prior -> the integer tensors that ExactPrior runs (what ships in weights/)."""
+    cfg = prior.cfg
+    hd = cfg.dim // cfg.heads
+    out: dict[str, torch.Tensor] = {}
+
+    def lin(name, mod, in_scale=1.0):
+        for k, v in quantize_linear(mod.weight.detach(), mod.bias.detach(), in_scale).items():
+            out[f"{name}.{k}"] = v
+
+    def ln(name, mod):
+        out[f"{name}.g"] = torch.round(mod.weight.detach().double() * (1 << GAMMA_BITS)).to(torch.int32)
+        out[f"{name}.b"] = torch.round(mod.bias.detach().double() * (1 << ACT_BITS)).to(torch.int32)
+
+    for k in cfg.codebooks:
+        out[f"emb.{k}"] = torch.round(prior.emb[str(k)].weight.detach().double() * (1 << ACT_BITS)).to(torch.int32)
+        lin(f"head.{k}", prior.head[str(k)])
+    for i, blk in enumerate(prior.blocks):
+        ln(f"b{i}.ln1", blk.ln1)
+        qscale = torch.ones(3 * cfg.dim, 1, dtype=torch.float64)
+        qscale[:cfg.dim] = hd ** -0.5
+        w = blk.qkv.weight.detach().double() * qscale
+        b = blk.qkv.bias.detach().double() * qscale[:, 0]
+        for kk, v in quantize_linear(w, b).items():
+            out[f"b{i}.qkv.{kk}"] = v
+        out[f"b{i}.rel"] = torch.round(blk.rel.detach().double() * (1 << ACT_BITS)).to(torch.int32)
+        lin(f"b{i}.proj", blk.proj)
+        ln(f"b{i}.ln2", blk.ln2)
+        lin(f"b{i}.fc1", blk.fc1)
+        lin(f"b{i}.fc2", blk.fc2)
+    ln("ln_out", prior.ln_out)
+    return out
+
+
+class ExactPrior:
+    """Integer evaluation of a quantised prior; bit-identical output on any machine."""
+
+    def __init__(self, cfg: PriorConfig, tensors: dict[str, torch.Tensor], device="cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.t = {k: v.to(self.device, torch.int64) for k, v in tensors.items()}
+        self.exp = exp_table().to(self.device)
+        self.rel_idx = rel_index(cfg.window).to(self.device)
+
+    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        t = self.t
+        acc = _imatmul(x, t[f"{name}.w"])
+        return _rshift_round(acc * t[f"{name}.m"], SCALE_SHIFT) + t[f"{name}.b"]
+
+    def _layernorm(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        c = x.shape[-1]
+        mean = torch.div(x.sum(-1, keepdim=True), c, rounding_mode="floor")
+        d = x - mean
+        var = torch.div((d * d).sum(-1, keepdim=True), c, rounding_mode="floor")
+        std = _isqrt(var + 1).clamp_min(1)  # eps = 2**-16 in real units
+        n = torch.div(d << ACT_BITS, std, rounding_mode="floor")
+        return _rshift_round(n * self.t[f"{name}.g"], GAMMA_BITS) + self.t[f"{name}.b"]
+
+    def _softmax_weights(self, s: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Integer logits (units 2**-8) -> unnormalised integer weights via the exp table."""
+        if valid is not None:
+            s = torch.where(valid, s, torch.full_like(s, -(1 << 40)))
+        m = s.amax(-1, keepdim=True)
+        idx = (m - s).clamp_max(self.exp.numel() - 1)
+        return self.exp[idx]
+
+    def _attention(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        cfg = self.cfg
+        hd = cfg.dim // cfg.heads
+        shift = (i % 2) * (cfg.window // 2)
+        qkv = self._linear(x, f"b{i}.qkv")
+        xw, valid, layout = partition(qkv, cfg.window, shift)
+        n, L, _ = xw.shape
+        q, k, v = xw.view(n, L, 3, cfg.heads, hd).permute(2, 0, 3, 1, 4)
+        s = _rshift_round(_imatmul(q, k.transpose(-1, -2)), ACT_BITS)  # (n, heads, L, L)
+        nwin = valid.shape[0]
+        bias = self.t[f"b{i}.rel"][:, self.rel_idx]  # (heads, L, L)
+        s = (s.view(n // nwin, nwin, cfg.heads, L, L) + bias).view(n, cfg.heads, L, L)
+        keyvalid = valid.view(1, nwin, 1, 1, L).expand(n // nwin, nwin, 1, 1, L).reshape(n, 1, 1, L)
+        e = self._softmax_weights(s, keyvalid)
+        num = _imatmul(e, v)
+        out = _div_round(num, e.sum(-1, keepdim=True))
+        out = out.transpose(1, 2).reshape(n, L, cfg.dim)
+        return self._linear(unpartition(out, cfg.window, layout), f"b{i}.proj")
+
+    def hidden(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
+        """tokens (H,W) int64 with K = [MASK] -> final normalised features (H,W,dim)."""
+        x = self.t[f"emb.{k}"][tokens.to(self.device)].unsqueeze(0)
+        for i in range(self.cfg.depth):
+            x = x + self._attention(self._layernorm(x, f"b{i}.ln1"), i)
+            h = self._linear(self._layernorm(x, f"b{i}.ln2"), f"b{i}.fc1").clamp_min(0)
+            x = x + self._linear(h, f"b{i}.fc2")
+        return self._layernorm(x, "ln_out")[0]
+
+    def logits(self, feats: torch.Tensor, k: int) -> torch.Tensor:
+        """Features (N,dim) -> integer logits (N,K) in units of 2**-8."""
+        return self._linear(feats, f"head.{k}")
+
+    def counts(self, tokens: torch.Tensor, k: int, positions: torch.Tensor) -> torch.Tensor:
+        """Integer count tables (N,K) for the flat positions given, from one forward pass."""
+        feats = self.hidden(tokens, k).reshape(-1, self.cfg.dim)[positions.to(self.device)]
+        return counts_from_logits(self.logits(feats, k), self.exp).cpu()
+
+
+def counts_from_logits(logits: torch.Tensor, exp: torch.Tensor, temperature_milli: int = 1000) -> torch.Tensor:
+    """Integer logits (N,K) -> integer counts (N,K), each >= 1, each row summing to <= 2**20.
+    `temperature_milli` divides the logits by T = temperature_milli / 1000 (integer arithmetic)."""
+    k = logits.shape[-1]
+    if temperature_milli != 1000:
+        logits = torch.div(logits * 1000, temperature_milli, rounding_mode="floor")
+    m = logits.amax(-1, keepdim=True)
+    w = exp.to(logits.device)[(m - logits).clamp_max(exp.numel() - 1)]
+    total = w.sum(-1, keepdim=True)
+    return torch.div(w * ((1 << COUNT_BITS) - k), total, rounding_mode="floor") + 1

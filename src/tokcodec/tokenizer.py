@@ -1,0 +1,182 @@
+"""VQ tokenizer: a convolutional autoencoder with downsampling factor 16.
+
+    image (3, H, W) in [0, 1]
+      -> PixelUnshuffle(4) stem (no convolution at full resolution)
+      -> residual conv stages at H/4, H/8, H/16
+      -> 1x1 projection to a low-dimensional code vector, l2-normalised
+      -> nearest codeword (cosine) in a codebook of K vectors   => token grid (H/16, W/16)
+    decode: codewords -> mirror of the encoder with PixelShuffle upsampling -> image
+
+One encoder/decoder pair serves a ladder of codebooks (K = 1024, 256, 64, 16); the
+small codebooks are k-means reductions of the large one, fine-tuned with the encoder
+and decoder frozen. Encoding need not be bit-exact across machines: the tokens are
+transmitted, so only the decoder's pixels can differ by rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FACTOR = 16
+
+
+@dataclass
+class TokenizerConfig:
+    code_dim: int = 8
+    widths: tuple[int, int, int] = (64, 128, 256)  # channels at H/4, H/8, H/16
+    enc_blocks: tuple[int, int, int] = (1, 1, 2)
+    dec_blocks: tuple[int, int, int] = (2, 3, 4)
+    codebooks: tuple[int, ...] = (1024, 256, 64, 16)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenizerConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.bias)
+        self.conv2.weight.data.mul_(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        c1, c2, c3 = cfg.widths
+        b1, b2, b3 = cfg.enc_blocks
+        self.stem = nn.Sequential(nn.PixelUnshuffle(4), nn.Conv2d(48, c1, 3, padding=1))
+        self.s1 = nn.Sequential(*[ResBlock(c1) for _ in range(b1)])
+        self.down1 = nn.Conv2d(c1, c2, 4, stride=2, padding=1)
+        self.s2 = nn.Sequential(*[ResBlock(c2) for _ in range(b2)])
+        self.down2 = nn.Conv2d(c2, c3, 4, stride=2, padding=1)
+        self.s3 = nn.Sequential(*[ResBlock(c3) for _ in range(b3)])
+        self.out = nn.Conv2d(c3, cfg.code_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.s1(self.stem(x * 2 - 1))
+        x = self.s2(self.down1(x))
+        x = self.s3(self.down2(x))
+        return self.out(F.silu(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        c1, c2, c3 = cfg.widths
+        b1, b2, b3 = cfg.dec_blocks
+        self.inp = nn.Conv2d(cfg.code_dim, c3, 3, padding=1)
+        self.s3 = nn.Sequential(*[ResBlock(c3) for _ in range(b3)])
+        self.up2 = nn.Sequential(nn.Conv2d(c3, c2 * 4, 3, padding=1), nn.PixelShuffle(2))
+        self.s2 = nn.Sequential(*[ResBlock(c2) for _ in range(b2)])
+        self.up1 = nn.Sequential(nn.Conv2d(c2, c1 * 4, 3, padding=1), nn.PixelShuffle(2))
+        self.s1 = nn.Sequential(*[ResBlock(c1) for _ in range(b1)])
+        self.out = nn.Sequential(nn.Conv2d(c1, 48, 3, padding=1), nn.PixelShuffle(4))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.s3(self.inp(z))
+        x = self.s2(self.up2(x))
+        x = self.s1(self.up1(x))
+        return (self.out(F.silu(x)) + 1) / 2
+
+
+def l2norm(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return F.normalize(x, dim=dim, eps=1e-6)
+
+
+class Tokenizer(nn.Module):
+    """Encoder, decoder and a ladder of l2-normalised codebooks (buffers `codebook_K`)."""
+
+    def __init__(self, cfg: TokenizerConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or TokenizerConfig()
+        self.encoder = Encoder(self.cfg)
+        self.decoder = Decoder(self.cfg)
+        for k in self.cfg.codebooks:
+            self.register_buffer(f"codebook_{k}", l2norm(torch.randn(k, self.cfg.code_dim), 1))
+
+    def codebook(self, k: int) -> torch.Tensor:
+        if k not in self.cfg.codebooks:
+            raise ValueError(f"codebook K={k} not in this model (has {list(self.cfg.codebooks)})")
+        return getattr(self, f"codebook_{k}")
+
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Image batch (B,3,H,W), H and W multiples of 16 -> unit code vectors (B,D,H/16,W/16)."""
+        return l2norm(self.encoder(x), 1)
+
+    def quantize(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """Unit code vectors (B,D,h,w) -> token indices (B,h,w) by maximum cosine similarity."""
+        cb = self.codebook(k).to(z.dtype)
+        sim = torch.einsum("bdhw,kd->bkhw", z, cb)
+        return sim.argmax(1)
+
+    def embed(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
+        """Token indices (B,h,w) -> code vectors (B,D,h,w)."""
+        return self.codebook(k)[tokens].permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        return self.quantize(self.encode_latent(x), k)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
+        return self.decoder(self.embed(tokens, k)).clamp(0, 1)
+
+
+@dataclass
+class VQState:
+    """Training-time EMA statistics of one codebook (k-means style updates, dead-code restarts)."""
+
+    k: int
+    dim: int
+    decay: float = 0.99
+    usage: torch.Tensor = field(init=False)
+    sums: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.usage = torch.ones(self.k)
+        self.sums = torch.zeros(self.k, self.dim)
+
+
+def vq_train_step(model: Tokenizer, z: torch.Tensor, k: int, state: VQState,
+                  restart: bool, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Quantise unit latents z (B,D,h,w) with straight-through gradients and update the codebook
+    by EMA. Returns (quantised latents with ST gradient, commitment loss, stats)."""
+    cb = model.codebook(k)
+    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
+    idx = (flat @ cb.t()).argmax(1)
+    onehot = F.one_hot(idx, k).float()
+    counts = onehot.sum(0)
+    sums = onehot.t() @ flat
+    state.usage.mul_(0.95).add_(counts, alpha=0.05)
+    state.sums.mul_(state.decay).add_(sums, alpha=1 - state.decay)
+    new_cb = l2norm(state.sums + 1e-6 * cb, 1)
+    n_restart = 0
+    if restart:
+        dead = state.usage < 0.03  # fewer than ~1 use in 30 batches
+        n_restart = int(dead.sum())
+        if n_restart:
+            pick = torch.randint(0, flat.shape[0], (n_restart,), generator=gen)
+            new_cb[dead] = flat[pick]
+            state.sums[dead] = flat[pick]
+            state.usage[dead] = state.usage.mean()
+    cb.copy_(new_cb)
+    q = cb[idx].reshape(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
+    commit = F.mse_loss(z, q.detach())
+    zq = z + (q - z).detach()
+    probs = counts / counts.sum()
+    perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+    return zq, commit, {"perplexity": float(perplexity), "restarts": n_restart,
+                        "used": int((counts > 0).sum())}

@@ -1,0 +1,1 @@
+"""Training commands: `python -m tokcodec.train {tokenizer,ladder,tokens,prior,export}`."""

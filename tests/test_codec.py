@@ -1,0 +1,99 @@
+"""Codec pipeline with the tiny test model: round trips, seeds, rate control, errors."""
+
+import numpy as np
+import pytest
+
+from tiny import photo
+from tokcodec import schedule
+from tokcodec.codec import Codec, CodecError, Setting, describe
+from tokcodec.container import unpack
+
+GOLDEN = "golden_edge_k64.tkc"
+
+
+@pytest.mark.parametrize("mode", ["entire", "edge", "edge_more", "checkerboard"])
+def test_decoded_tokens_equal_encoded_tokens(codec, mode):
+    img = photo(200, 130, seed=4)
+    a = codec.analyse(img)
+    r = codec.encode_setting(a, Setting(64, mode, 0.3))
+    tokens, keep = codec.decode_tokens(codec.read(r.data))
+    original = codec.tokens_for(a, 64)
+    assert np.array_equal(tokens[keep], original[keep])
+    assert (tokens[~keep] == 64).all()  # dropped positions are [MASK] until generated
+    assert keep.sum() == r.tokens_kept == describe(r.data)["tokens_kept"]
+
+
+def test_mode_fractions(codec):
+    a = codec.analyse(photo(256, 192))
+    kept = {m: codec.encode_setting(a, Setting(16, m, 0.0)).tokens_kept for m in
+            ("entire", "edge", "edge_more", "checkerboard")}
+    total = 16 * 12
+    assert kept == {"entire": total, "edge": total // 2, "edge_more": total // 4, "checkerboard": total // 2}
+
+
+def test_same_seed_same_bytes_and_seeds_differ_at_temperature_one(codec):
+    r = codec.encode(photo(160, 96), None, None, 64, "edge_more", 0.0)
+    a = codec.decode(r.data, seed=1, temperature=1.0).tobytes()
+    b = codec.decode(r.data, seed=1, temperature=1.0).tobytes()
+    c = codec.decode(r.data, seed=2, temperature=1.0).tobytes()
+    assert a == b and a != c
+
+
+def test_temperature_zero_ignores_seed(codec):
+    r = codec.encode(photo(160, 96), None, None, 64, "edge_more", 0.0)
+    assert codec.decode(r.data, seed=1).tobytes() == codec.decode(r.data, seed=99).tobytes()
+
+
+@pytest.mark.parametrize("bpp", [0.05, 0.1, 0.2])
+def test_file_at_or_under_target(codec, bpp):
+    img = photo(320, 224)
+    data = codec.encode(img, bpp).data
+    assert 8 * len(data) / (320 * 224) <= bpp
+
+
+def test_bytes_target(codec):
+    img = photo(320, 224)
+    assert len(codec.encode(img, nbytes=100).data) <= 100
+
+
+def test_unreachable_target_names_the_floor(codec):
+    with pytest.raises(CodecError, match="smallest setting gives"):
+        codec.encode(photo(320, 224), 0.0001)
+
+
+def test_output_size_matches_input_for_odd_sizes(codec):
+    for w, h in [(1, 1), (31, 17), (33, 65)]:
+        r = codec.encode(photo(w, h), None, None, 16, "entire")
+        assert codec.decode(r.data).size == (w, h)
+
+
+def test_model_mismatch_names_both_ids(codec, fresh_weights):
+    r = codec.encode(photo(64, 64), None, None, 16, "entire")
+    other = Codec(str(fresh_weights), "cpu")
+    with pytest.raises(CodecError, match=codec.model.model_id.hex()):
+        other.decode(r.data)
+
+
+def test_golden_file_decodes_to_known_tokens(codec, tiny_weights):
+    """A file made once with the tiny model: decoding is exact, so this holds on any machine."""
+    data = (tiny_weights / GOLDEN).read_bytes()
+    c = codec.read(data)
+    tokens, keep = codec.decode_tokens(c)  # raises if the token CRC does not match
+    assert keep.sum() == int((tiny_weights / (GOLDEN + ".kept")).read_text())
+    assert unpack(data).header.mode == "edge"
+
+
+def test_stage_cache_does_not_change_bytes(codec):
+    img = photo(200, 130, seed=9)
+    a = codec.analyse(img)
+    first = codec.encode_setting(a, Setting(64, "edge", 0.5)).data
+    codec.encode_setting(a, Setting(64, "edge_more", 0.2))
+    again = codec.encode_setting(a, Setting(64, "edge", 0.5)).data
+    fresh = codec.encode_setting(codec.analyse(img), Setting(64, "edge", 0.5)).data
+    assert first == again == fresh
+
+
+def test_schedule_used_matches_spec(codec):
+    r = codec.encode(photo(200, 130), None, None, 16, "entire")
+    g = unpack(r.data).header.grid
+    assert schedule.n_stages(*g) >= 4

@@ -1,0 +1,102 @@
+import struct
+import zlib
+
+import pytest
+
+from tokcodec import container
+from tokcodec.container import Container, FormatError, Header, pack, put_varint, unpack
+
+
+def sample(**kw) -> Container:
+    h = dict(width=768, height=512, model_id=b"\x01\x02\x03\x04", codebook=1024, mode="edge",
+             token_crc32=0xDEADBEEF)
+    h.update(kw)
+    return Container(Header(**h), b"\x11\x22\x33\x44" * 3)
+
+
+def test_round_trip_preserves_every_field():
+    c = sample(extensions=[(2, b"hello")])
+    d = unpack(pack(c))
+    assert d.header == c.header and d.payload == c.payload
+
+
+def test_golden_bytes():
+    # Layout from spec/FORMAT.md; a change here is a format change.
+    body = "8006" "8004" "01020304" "04" "1a" "01" "01" "efbeadde" "00"
+    head = "89544b43" "0100" "11" + body + "11223344" * 3
+    data = pack(sample())
+    assert data[:-4].hex() == head
+    assert data[-4:] == struct.pack("<I", zlib.crc32(bytes.fromhex(head)))
+
+
+def test_fixed_overhead_is_small():
+    c = sample()
+    assert c.overhead <= 40
+    assert c.overhead == 28
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2 ** 20, 2 ** 35])
+def test_varint_round_trip(value):
+    b = bytearray()
+    put_varint(b, value)
+    assert container.Reader(bytes(b)).varint("x") == value
+
+
+def test_varint_non_shortest_rejected():
+    with pytest.raises(FormatError, match="shortest"):
+        container.Reader(b"\x80\x00").varint("x")
+
+
+def refresh_crc(data: bytes) -> bytes:
+    return data[:-4] + struct.pack("<I", zlib.crc32(data[:-4]))
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"", "empty"),
+    (b"hello world, not a codec file", "not a .tkc"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image, not a .tkc"),
+    (b"\x89TKC\x01", "truncated"),
+])
+def test_foreign_inputs_rejected(data, message):
+    with pytest.raises(FormatError, match=message):
+        unpack(data)
+
+
+def test_truncation_and_bit_flips_rejected():
+    data = pack(sample())
+    for n in range(len(data)):
+        with pytest.raises(FormatError):
+            unpack(data[:n])
+    for i in range(len(data)):
+        for bit in (0, 7):
+            bad = bytearray(data)
+            bad[i] ^= 1 << bit
+            with pytest.raises(FormatError):
+                unpack(bytes(bad))
+
+
+def test_future_major_rejected_and_higher_minor_accepted():
+    data = bytearray(pack(sample()))
+    data[4] = 2
+    with pytest.raises(FormatError, match="version 2.0 is newer"):
+        unpack(refresh_crc(bytes(data)))
+    data = bytearray(pack(sample()))
+    data[5] = 7
+    assert unpack(refresh_crc(bytes(data))).header.minor == 7
+
+
+def test_unknown_critical_extension_rejected_ancillary_skipped():
+    assert unpack(pack(sample(extensions=[(4, b"x")]))).header.extensions == [(4, b"x")]
+    with pytest.raises(FormatError, match="critical extension 5"):
+        unpack(pack(sample(extensions=[(5, b"x")])))
+
+
+def test_size_limits_checked_before_allocation():
+    with pytest.raises(FormatError, match="over the limit"):
+        unpack(pack(sample(width=60000, height=60000)))
+    assert unpack(pack(sample(width=60000, height=60000)), max_pixels=60000 ** 2).header.width == 60000
+
+
+def test_grid_is_padded_to_two_tokens():
+    assert sample(width=768, height=512).header.grid == (32, 48)
+    assert sample(width=33, height=1).header.grid == (2, 4)

@@ -1,0 +1,58 @@
+import numpy as np
+import torch
+
+from tokcodec import entropy
+from tokcodec.prior import COUNT_BITS, counts_from_logits, exp_table
+
+
+def random_counts(n, k, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = torch.from_numpy((rng.normal(size=(n, k)) * 600).astype(np.int64))
+    return counts_from_logits(logits, exp_table())
+
+
+def test_count_tables_are_valid():
+    c = random_counts(500, 1024)
+    assert c.min() >= 1
+    assert int(c.sum(1).max()) <= 1 << COUNT_BITS
+
+
+def test_round_trip_and_overhead_within_one_percent():
+    rng = np.random.default_rng(1)
+    counts = random_counts(4000, 256, seed=2)
+    p = counts.numpy() / counts.numpy().sum(1, keepdims=True)
+    sym = np.array([rng.choice(256, p=row) for row in p])
+    enc = entropy.Encoder()
+    enc.encode(sym, counts)
+    data = enc.finish()
+    info = entropy.information_bits(sym, counts)
+    assert 8 * len(data) <= info * 1.01 + 32
+    dec = entropy.Decoder(data)
+    assert np.array_equal(dec.decode(counts), sym)
+
+
+def test_binary_contexts_round_trip():
+    rng = np.random.default_rng(3)
+    bits = (rng.random(300) < 0.2).astype(int)
+    enc = entropy.Encoder()
+    m = entropy.BinaryContexts(2)
+    for i, b in enumerate(bits):
+        enc.encode_bit(int(b), m, i % 2)
+    dec = entropy.Decoder(enc.finish())
+    m = entropy.BinaryContexts(2)
+    assert [dec.decode_bit(m, i % 2) for i in range(300)] == bits.tolist()
+
+
+def test_sampling_is_seeded_and_follows_counts():
+    counts = np.array([[1, 1000000], [1000000, 1]] * 50)
+    a = entropy.sample(counts, np.random.Generator(np.random.PCG64(5)))
+    b = entropy.sample(counts, np.random.Generator(np.random.PCG64(5)))
+    assert np.array_equal(a, b)
+    assert (a == np.array([1, 0] * 50)).mean() > 0.95
+
+
+def test_temperature_sharpens():
+    logits = torch.tensor([[0, 256, 512]])
+    hot = counts_from_logits(logits, exp_table(), 2000)[0]
+    cold = counts_from_logits(logits, exp_table(), 250)[0]
+    assert cold[2] / cold.sum() > hot[2] / hot.sum()
