@@ -80,9 +80,48 @@ maxpix_opt = click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, 
                           help="refuse images larger than this")
 
 
+def batch_or_single(paths: tuple[str, ...], output_dir: str | None):
+    """(input, output) for a single conversion, or None for batch mode (needs -o)."""
+    if output_dir is None:
+        if len(paths) == 2 and not Path(paths[0]).is_dir():
+            return paths
+        raise click.UsageError("give INPUT OUTPUT for one file, or files/folders with -o OUTDIR")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise click.UsageError(f"-o {output_dir} is not a folder")
+    if "-" in paths:
+        raise click.UsageError("- (stdin) cannot be used in batch mode")
+    return None
+
+
+def finish_batch(rep, quiet: bool, verb: str) -> None:
+    if not quiet:
+        rate = len(rep.done) / rep.seconds * 60 if rep.seconds else 0.0
+        click.echo(f"{verb} {len(rep.done)} file(s), skipped {len(rep.skipped)} existing, "
+                   f"{len(rep.failed)} failed ({rep.seconds:.1f} s, {rate:.1f} images/min)", err=True)
+    for src, why in rep.failed:
+        click.echo(f"tokc: failed: {src}: {why}", err=True)
+    sys.exit(1 if rep.failed else 0)
+
+
+batch_opts = [
+    click.option("-o", "--output-dir", type=str, default=None, help="batch mode: write outputs into this folder"),
+    click.option("-r", "--recursive", is_flag=True, help="batch mode: walk sub-folders, keeping their structure"),
+    click.option("--overwrite", is_flag=True, help="batch mode: replace existing outputs (default: skip them)"),
+    click.option("-q", "--quiet", is_flag=True, help="no progress bar or summary"),
+]
+
+
+def with_options(opts):
+    def deco(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+    return deco
+
+
 @main.command()
-@click.argument("input", type=str)
-@click.argument("output", type=str)
+@click.argument("paths", nargs=-1, required=True, type=str)
 @click.option("--bpp", type=float, default=None, help="target bits per pixel (whole file); default 0.03")
 @click.option("--bytes", "nbytes", type=int, default=None, help="target file size in bytes")
 @click.option("--codebook", "-k", type=click.Choice(["16", "64", "256", "1024"]), default=None,
@@ -92,61 +131,89 @@ maxpix_opt = click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, 
               help="share of 2x2-token blocks kept as edge blocks (edge modes)")
 @click.option("-f", "--force", is_flag=True, help="write a .tkc to a terminal anyway")
 @click.option("-v", "--verbose", is_flag=True, help="print the chosen setting and sizes")
+@with_options(batch_opts)
 @weights_opt
 @device_opt
 @maxpix_opt
-def encode(input, output, bpp, nbytes, codebook, mode, quantile, force, verbose, weights, device, max_pixels):
-    """Encode an image (any format Pillow reads; - for stdin) to a .tkc file (- for stdout)."""
+def encode(paths, bpp, nbytes, codebook, mode, quantile, force, verbose, output_dir, recursive, overwrite,
+           quiet, weights, device, max_pixels):
+    """Encode images to .tkc: `tokc encode IN OUT` (- for stdin/stdout), or
+    `tokc encode FILES|FOLDERS... -o OUTDIR` for many files."""
+    single = batch_or_single(paths, output_dir)
     if bpp is not None and nbytes is not None:
         raise click.UsageError("give --bpp or --bytes, not both")
     if bpp is not None and bpp <= 0 or nbytes is not None and nbytes <= 0:
         raise click.UsageError("the target must be positive")
-    if output == "-" and sys.stdout.isatty() and not force:
+    if single and single[1] == "-" and sys.stdout.isatty() and not force:
         fail("compressed data not written to a terminal; redirect it or use -f", 1)
     explicit = codebook is not None and mode is not None and mode in ("entire", "checkerboard")
     if bpp is None and nbytes is None and not explicit:
         bpp = 0.03
+    k = int(codebook) if codebook else None
 
-    def go():
+    def encode_bytes(raw: bytes, name: str) -> bytes:
         from .codec import get_codec
-        img = load_image(read_input(input), max_pixels)
-        codec = get_codec(weights, device)
-        r = codec.encode(img, bpp, nbytes, int(codebook) if codebook else None, mode, quantile)
-        write_output(output, r.data, (input,))
+        img = load_image(raw, max_pixels)
+        r = get_codec(weights, device).encode(img, bpp, nbytes, k, mode, quantile)
         if verbose:
             w, h = img.size
             s = r.setting
-            click.echo(f"{w}x{h}: {len(r.data)} bytes = {8 * len(r.data) / (w * h):.4f} bpp | K={s.codebook} "
-                       f"mode={s.mode} quantile={s.quantile:.2f} | kept {r.tokens_kept}/{r.tokens_total} "
-                       f"tokens, {r.token_bits} payload bits ({r.info_bits:.0f} bits information, "
-                       f"block map {r.mask_bits:.0f} bits)", err=True)
+            click.echo(f"{name}: {w}x{h}, {len(r.data)} bytes = {8 * len(r.data) / (w * h):.4f} bpp | "
+                       f"K={s.codebook} mode={s.mode} quantile={s.quantile:.2f} | kept {r.tokens_kept}/"
+                       f"{r.tokens_total} tokens, {r.token_bits} payload bits ({r.info_bits:.0f} bits "
+                       f"information, block map {r.mask_bits:.0f} bits)", err=True)
+        return r.data
 
-    run_guarded(go)
+    if single:
+        src, dst = single
+        run_guarded(lambda: write_output(dst, encode_bytes(read_input(src), src), (src,)))
+        return
+    from .batch import IMAGE_EXTS, plan, run_batch
+    jobs = plan(list(paths), Path(output_dir), IMAGE_EXTS, ".tkc", recursive)
+    rep = run_guarded(lambda: run_batch(
+        jobs, lambda s, d: atomic_write(d, encode_bytes(s.read_bytes(), str(s))), overwrite, quiet, "encode"))
+    finish_batch(rep, quiet, "encoded")
 
 
 @main.command()
-@click.argument("input", type=str)
-@click.argument("output", type=str)
+@click.argument("paths", nargs=-1, required=True, type=str)
 @click.option("--seed", type=int, default=0, show_default=True, help="seed for regenerated tokens")
 @click.option("--temperature", "-t", type=click.FloatRange(0, 5), default=0.0, show_default=True,
               help="0 = most likely tokens (lowest distortion); higher = more texture")
-@click.option("--format", "fmt", type=str, default=None, help="output format when it can't be told from the name")
+@click.option("--format", "fmt", type=str, default=None,
+              help="output format (png, jpg, webp...) when the name does not tell; batch default png")
+@with_options(batch_opts)
 @weights_opt
 @device_opt
 @maxpix_opt
-def decode(input, output, seed, temperature, fmt, weights, device, max_pixels):
-    """Decode a .tkc file (- for stdin) to an image; the format follows OUTPUT's extension."""
+def decode(paths, seed, temperature, fmt, output_dir, recursive, overwrite, quiet, weights, device, max_pixels):
+    """Decode .tkc files to images: `tokc decode IN OUT` (- for stdin/stdout; the format
+    follows OUT's extension), or `tokc decode FILES|FOLDERS... -o OUTDIR`."""
+    single = batch_or_single(paths, output_dir)
 
-    def go():
+    def decode_bytes(data: bytes, target: str) -> bytes:
         from .codec import get_codec
-        target = fmt.upper() if fmt else format_for(output)
-        data = read_input(input)
         from .container import unpack
         unpack(data, max_pixels)  # reject damaged files before loading the model
         img = get_codec(weights, device).decode(data, seed, temperature, max_pixels)
-        write_output(output, image_bytes(img, target), (input,))
+        return image_bytes(img, target)
 
-    run_guarded(go)
+    if single:
+        src, dst = single
+
+        def go():
+            target = format_for("x." + fmt.lower().lstrip(".")) if fmt else format_for(dst)
+            write_output(dst, decode_bytes(read_input(src), target), (src,))
+
+        run_guarded(go)
+        return
+    from .batch import plan, run_batch
+    ext = "." + (fmt or "png").lower().lstrip(".")
+    target = run_guarded(lambda: format_for("x" + ext))
+    jobs = plan(list(paths), Path(output_dir), {".tkc"}, ext, recursive)
+    rep = run_guarded(lambda: run_batch(
+        jobs, lambda s, d: atomic_write(d, decode_bytes(s.read_bytes(), target)), overwrite, quiet, "decode"))
+    finish_batch(rep, quiet, "decoded")
 
 
 @main.command()

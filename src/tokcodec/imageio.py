@@ -27,7 +27,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(np.round(arr / top * 255), 0, 255).astype(np.uint8), "L")
+        im = Image.fromarray(np.clip(np.round(arr / top * 255), 0, 255).astype(np.uint8))
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "RGB" and "transparency" in im.info):

@@ -132,12 +132,14 @@ class Prior(nn.Module):
         self.ln_out = nn.LayerNorm(cfg.dim)
         self.head = nn.ModuleDict({str(k): nn.Linear(cfg.dim, k) for k in cfg.codebooks})
 
-    def forward(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
-        """tokens (B,H,W) with K = [MASK] -> logits (B,H,W,K)."""
+    def forward(self, tokens: torch.Tensor, k: int, where: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B,H,W) with K = [MASK] -> logits (B,H,W,K), or (N,K) at the N positions
+        where the boolean (B,H,W) `where` is set (saves the output head elsewhere)."""
         x = self.emb[str(k)](tokens)
         for blk in self.blocks:
             x = blk(x)
-        return self.head[str(k)](self.ln_out(x))
+        x = self.ln_out(x)
+        return self.head[str(k)](x if where is None else x[where])
 
 
 # ---------------------------------------------------------------------------------------------

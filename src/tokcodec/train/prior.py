@@ -53,7 +53,7 @@ def make_tokens(args) -> None:
         if rgb is None:
             continue
         for arr in (rgb, rgb[:, ::-1]):
-            x = torch.from_numpy(np.ascontiguousarray(pad_image(arr))).permute(2, 0, 1)[None]
+            x = torch.from_numpy(np.array(pad_image(arr))).permute(2, 0, 1)[None]
             z = tok.encode_latent(x.float().div(255).to(rt.device))
             for k in tok.cfg.codebooks:
                 grids[k].append(tok.quantize(z, k)[0].cpu().to(torch.int16))
@@ -112,9 +112,10 @@ def validate(model: Prior, val: StageBatches, device, n: int = 4, batch: int = 3
         bits = []
         for _ in range(n):
             inp, toks, tgt = val.batch(k, batch)
-            logits = model(inp.to(device), k)
-            ce = F.cross_entropy(logits.reshape(-1, k), toks.to(device).reshape(-1), reduction="none")
-            bits.append((ce.reshape(tgt.shape)[tgt.to(device)] / math.log(2)).mean().item())
+            tgt = tgt.to(device)
+            logits = model(inp.to(device), k, tgt)
+            ce = F.cross_entropy(logits.float(), toks.to(device)[tgt])
+            bits.append(ce.item() / math.log(2))
         out[k] = float(np.mean(bits))
     model.train()
     return out
@@ -138,7 +139,9 @@ def train_prior(args) -> None:
         print(f"resumed at step {step}", flush=True)
     ddp = model
     if rt.world > 1:
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+        ddp = nn.parallel.DistributedDataParallel(  # per-K heads sit idle in other K's steps
+            model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
+            find_unused_parameters=True)
     batches = StageBatches(train, args.crop, args.seed + step + 1000 * rt.rank)
     vbatches = StageBatches(val, args.crop, 12345)
     if rt.main:
@@ -157,9 +160,8 @@ def train_prior(args) -> None:
         inp, toks, tgt = batches.batch(k, args.batch)
         inp, toks, tgt = inp.to(rt.device), toks.to(rt.device), tgt.to(rt.device)
         with rt.autocast:
-            logits = ddp(inp, k)
-        ce = F.cross_entropy(logits.float().reshape(-1, k), toks.reshape(-1), reduction="none")
-        loss = ce.reshape(tgt.shape)[tgt].mean()
+            logits = ddp(inp, k, tgt)
+        loss = F.cross_entropy(logits.float(), toks[tgt])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,88 @@
+"""Batch conversion of files and folders: one model load, progress, skip/overwrite, a summary
+of failures. The CLI calls `run_batch`; each file goes through the same code as a single file."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .imageio import FORMATS
+
+IMAGE_EXTS = set(FORMATS) | {".jfif", ".heic", ".avif", ".tga"}
+
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path
+
+
+@dataclass
+class Report:
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+
+
+def plan(inputs: list[str], out_dir: Path, exts: set[str], suffix: str, recursive: bool) -> list[Job]:
+    """Map inputs (files or folders) to output paths under out_dir. Folders keep their
+    structure with --recursive; otherwise only their top level is taken."""
+    jobs = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = p.rglob("*") if recursive else p.iterdir()
+            for f in sorted(found):
+                if f.is_file() and f.suffix.lower() in exts:
+                    jobs.append(Job(f, out_dir / f.relative_to(p).with_suffix(suffix)))
+        else:
+            jobs.append(Job(p, out_dir / (p.stem + suffix)))
+    return jobs
+
+
+def run_batch(jobs: list[Job], convert: Callable[[Path, Path], None], overwrite: bool,
+              quiet: bool, label: str) -> Report:
+    rep = Report()
+    t0 = time.perf_counter()
+    show = not quiet and sys.stderr.isatty()
+    progress = None
+    if show:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.console import Console
+        progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=False)
+        progress.start()
+        task = progress.add_task(label, total=len(jobs), rate="")
+    try:
+        for job in jobs:
+            try:
+                if job.dst.exists() and not overwrite:
+                    rep.skipped.append(job.src)
+                elif job.dst.resolve() == job.src.resolve():
+                    raise ValueError("output would overwrite the input")
+                else:
+                    job.dst.parent.mkdir(parents=True, exist_ok=True)
+                    convert(job.src, job.dst)
+                    rep.done.append(job.src)
+                    rep.bytes_in += job.src.stat().st_size
+                    rep.bytes_out += job.dst.stat().st_size
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001 - every failure is reported, the batch goes on
+                rep.failed.append((job.src, str(e) or type(e).__name__))
+            if progress is not None:
+                el = time.perf_counter() - t0
+                progress.update(task, advance=1,
+                                rate=f"{len(rep.done) / el * 60:.1f} img/min" if el > 0 else "")
+    finally:
+        if progress is not None:
+            progress.stop()
+    rep.seconds = time.perf_counter() - t0
+    return rep

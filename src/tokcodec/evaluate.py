@@ -1,0 +1,183 @@
+"""Evaluate the weights on a folder of images (Kodak by default; never train on it).
+
+    python -m tokcodec.evaluate --data ../shared/data/kodak [--sections tokenizer,prior,rate]
+        [--limit N] [--images kodim01,kodim23] [--train-data DIR] [--json out.json]
+
+Sections:
+  tokenizer  PSNR / MS-SSIM with every token kept, per K; codebook usage (share of codes used,
+             perplexity) on these images plus a sample of training images.
+  prior      per K, mode entire: bits per kept token from the real file (token_bits /
+             tokens_kept) against log2 K (uniform), against a unigram model of training tokens
+             (marginal baseline) and against the model's own information content (coder
+             overhead); network passes and prior time per image.
+  rate       --bpp targets: real bpp, setting chosen, PSNR / MS-SSIM at temperature 0 and 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .codec import Codec, Setting
+from .imageio import load_image
+from .metrics import compare
+from .schedule import n_stages
+
+TARGETS = (0.005, 0.01, 0.02, 0.03, 0.05)
+
+
+def images(folder: Path, names: list[str] | None, limit: int | None) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if names:
+        files = [f for f in files if f.stem in names]
+    return files[:limit] if limit else files
+
+
+def mean(xs):
+    return float(statistics.fmean(xs)) if xs else float("nan")
+
+
+def unigram_bits(codec: Codec, train_dir: Path | None, limit: int) -> dict[int, np.ndarray]:
+    """-log2 p(code) under a unigram model of training tokens (add-one smoothing)."""
+    counts = {k: np.ones(k) for k in codec.model.codebooks}
+    if train_dir is not None and train_dir.exists():
+        files = sorted(train_dir.iterdir())[::max(1, len(list(train_dir.iterdir())) // limit)][:limit]
+        for f in files:
+            try:
+                a = codec.analyse(load_image(f))
+            except ValueError:
+                continue
+            for k in counts:
+                counts[k] += np.bincount(codec.tokens_for(a, k).ravel(), minlength=k)
+    return {k: -np.log2(c / c.sum()) for k, c in counts.items()}, counts
+
+
+def eval_tokenizer(codec: Codec, files, train_counts) -> dict:
+    rows = {k: {"psnr": [], "ms_ssim": []} for k in codec.model.codebooks}
+    used = {k: np.zeros(k) for k in codec.model.codebooks}
+    per_image = {}
+    for f in files:
+        img = load_image(f)
+        a = codec.analyse(img)
+        per_image[f.stem] = {}
+        for k in codec.model.codebooks:
+            t = codec.tokens_for(a, k)
+            used[k] += np.bincount(t.ravel(), minlength=k)
+            m = compare(img, codec.render(t, k, img.size))
+            rows[k]["psnr"].append(m["psnr"])
+            rows[k]["ms_ssim"].append(m["ms_ssim"])
+            per_image[f.stem][k] = m
+    out = {}
+    for k in codec.model.codebooks:
+        c = used[k] + train_counts[k] - 1
+        p = c / c.sum()
+        out[k] = {"psnr": mean(rows[k]["psnr"]), "ms_ssim": mean(rows[k]["ms_ssim"]),
+                  "codes_used": float((c > 0).mean()),
+                  "perplexity": float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))}
+    return {"summary": out, "per_image": per_image}
+
+
+def eval_prior(codec: Codec, files, unigram) -> dict:
+    per_image, summary = {}, {}
+    for k in codec.model.codebooks:
+        bits, info, marg, times = [], [], [], []
+        for f in files:
+            img = load_image(f)
+            a = codec.analyse(img)
+            t0 = time.perf_counter()
+            r = codec.encode_setting(a, Setting(k, "entire"))
+            times.append(time.perf_counter() - t0)
+            toks = codec.tokens_for(a, k)
+            bpt = r.token_bits / r.tokens_kept
+            bits.append(bpt)
+            info.append(r.info_bits / r.tokens_kept)
+            marg.append(float(unigram[k][toks.ravel()].mean()))
+            per_image.setdefault(f.stem, {})[k] = {"bits_per_token": bpt, "saving_vs_log2k": 1 - bpt / np.log2(k),
+                                                   "marginal_bits": marg[-1], "bytes": len(r.data)}
+            a["counts"].clear()
+        summary[k] = {"bits_per_token": mean(bits), "log2k": float(np.log2(k)),
+                      "saving_vs_uniform": 1 - mean(bits) / np.log2(k),
+                      "marginal_bits": mean(marg), "saving_vs_marginal": 1 - mean(bits) / mean(marg),
+                      "model_bits": mean(info), "coder_overhead": mean(bits) / mean(info) - 1,
+                      "encode_seconds": statistics.median(times)}
+    w, h = load_image(files[0]).size
+    summary["passes_first_image"] = n_stages(2 * -(-h // 32), 2 * -(-w // 32))
+    return {"summary": summary, "per_image": per_image}
+
+
+def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0)) -> dict:
+    per_image, summary = {}, {}
+    for bpp in targets:
+        rows = []
+        for f in files:
+            img = load_image(f)
+            w, h = img.size
+            t0 = time.perf_counter()
+            try:
+                r = codec.encode(img, bpp)
+            except Exception as e:  # unreachable target: record it
+                per_image.setdefault(f.stem, {})[bpp] = {"error": str(e)}
+                continue
+            enc_s = time.perf_counter() - t0
+            row = {"bpp": 8 * len(r.data) / (w * h), "bytes": len(r.data), "K": r.setting.codebook,
+                   "mode": r.setting.mode, "quantile": r.setting.quantile, "kept": r.tokens_kept / r.tokens_total,
+                   "encode_seconds": enc_s}
+            for t in temperatures:
+                t0 = time.perf_counter()
+                out = codec.decode(r.data, seed=1, temperature=t)
+                row[f"decode_seconds_t{t:g}"] = time.perf_counter() - t0
+                for name, v in compare(img, out).items():
+                    row[f"{name}_t{t:g}"] = v
+            per_image.setdefault(f.stem, {})[bpp] = row
+            rows.append(row)
+        if rows:
+            summary[bpp] = {key: mean([r[key] for r in rows]) for key in rows[0]
+                            if isinstance(rows[0][key], (int, float)) and not isinstance(rows[0][key], bool)}
+            summary[bpp]["n"] = len(rows)
+    return {"summary": summary, "per_image": per_image}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tokcodec.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/kodak")
+    ap.add_argument("--train-data", default="../shared/data/train")
+    ap.add_argument("--train-sample", type=int, default=200)
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--sections", default="tokenizer,prior,rate")
+    ap.add_argument("--images", default=None, help="comma-separated stems, e.g. kodim01,kodim23")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--targets", default=",".join(map(str, TARGETS)))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    data = Path(args.data)
+    if not data.exists():
+        raise SystemExit(f"error: {data} not found; pass --data DIR")
+    torch.set_grad_enabled(False)
+    codec = Codec(args.weights, "auto")
+    files = images(data, args.images.split(",") if args.images else None, args.limit)
+    sections = args.sections.split(",")
+    result = {"model_id": codec.model.model_id.hex(), "images": [f.stem for f in files]}
+    unigram, train_counts = unigram_bits(codec, Path(args.train_data), args.train_sample) \
+        if {"tokenizer", "prior"} & set(sections) else ({}, {})
+    if "tokenizer" in sections:
+        result["tokenizer"] = eval_tokenizer(codec, files, train_counts)
+        print(json.dumps(result["tokenizer"]["summary"], indent=1), flush=True)
+    if "prior" in sections:
+        result["prior"] = eval_prior(codec, files, unigram)
+        print(json.dumps(result["prior"]["summary"], indent=1), flush=True)
+    if "rate" in sections:
+        result["rate"] = eval_rate(codec, files, [float(t) for t in args.targets.split(",")])
+        print(json.dumps(result["rate"]["summary"], indent=1), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
