@@ -10,6 +10,7 @@ decode: .tkc -> validate -> block map -> kept tokens stage by stage (same tables
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from .container import Container, FormatError, Header
 from .prior import counts_from_logits
 from .weights import Model, load
 
+QUANTILES = tuple(i / 20 for i in range(19))  # edge-block shares tried by rate control
 UNIT = 32  # pad to a multiple of two tokens so the 2x2 phase groups tile evenly
 
 
@@ -101,24 +103,23 @@ class Codec:
         return self.model.prior.counts(torch.from_numpy(ctx), k, torch.from_numpy(positions))
 
     def _code_stages(self, grid, k, keep, step, cache=None):
-        """Run the stage loop shared by encoder and decoder. `step(stage, positions, counts)`
-        returns the tokens at `positions`. Stages whose context is the same in every mode
-        (all of UIGC's stage 0) are cached by the encoder across rate-control trials."""
+        """Run the stage loop shared by encoder and decoder. `step(positions, counts)` returns
+        the tokens at `positions`. The encoder passes `cache`, keyed by stage and context, so
+        rate-control trials only run the network where a setting changes a stage's context."""
         h, w = grid
         ctx = np.full(h * w, k, dtype=np.int64)
         keep_flat = keep.ravel()
-        uigc0 = schedule.uigc_stage(h, w).ravel() == 0
         coded = []
         for s, pos in enumerate(schedule.stage_positions(h, w)):
             kept = pos[keep_flat[pos]]
             if kept.size:
-                cacheable = cache is not None and uigc0[pos].all()
-                if cacheable and s in cache:
-                    counts = cache[s]
-                else:
-                    counts = self._stage_counts(ctx.reshape(h, w), k, kept)
-                    if cacheable:
-                        cache[s] = counts
+                key = (s, hashlib.sha1(ctx.tobytes()).digest())
+                hit = cache.get(key) if cache is not None else None
+                if hit is None:
+                    hit = self._stage_counts(ctx.reshape(h, w), k, pos)
+                    if cache is not None:
+                        cache[key] = hit
+                counts = hit[torch.from_numpy(np.searchsorted(pos, kept))]
                 toks = step(kept, counts)
                 ctx[kept] = toks
                 coded.append(toks)
@@ -156,7 +157,7 @@ class Codec:
         out = []
         for k in self.model.codebooks:
             out.append(Setting(k, "entire"))
-            for q in (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8):
+            for q in QUANTILES:
                 out.append(Setting(k, "edge", q))
                 out.append(Setting(k, "edge_more", q))
         return sorted(set(out), key=lambda s: (s.nominal, s.codebook))

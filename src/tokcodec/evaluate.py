@@ -46,9 +46,9 @@ def mean(xs):
 def unigram_bits(codec: Codec, train_dir: Path | None, limit: int) -> dict[int, np.ndarray]:
     """-log2 p(code) under a unigram model of training tokens (add-one smoothing)."""
     counts = {k: np.ones(k) for k in codec.model.codebooks}
-    if train_dir is not None and train_dir.exists():
-        files = sorted(train_dir.iterdir())[::max(1, len(list(train_dir.iterdir())) // limit)][:limit]
-        for f in files:
+    if train_dir is not None:
+        every = sorted(train_dir.iterdir())
+        for f in every[::max(1, len(every) // limit)][:limit]:
             try:
                 a = codec.analyse(load_image(f))
             except ValueError:
@@ -143,11 +143,41 @@ def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0)) -> dict:
     return {"summary": summary, "per_image": per_image}
 
 
+def markdown(result: dict) -> str:
+    """Tables of a result dict, as they appear in weights/README.md."""
+    out = [f"Model `{result['model_id']}`, {len(result['images'])} images.", ""]
+    if "tokenizer" in result:
+        out += ["Tokenizer, every token kept (`--mode entire`):", "",
+                "| K | PSNR dB | MS-SSIM | codes used (Kodak + train sample) | perplexity |", "|---|---|---|---|---|"]
+        for k, v in sorted(result["tokenizer"]["summary"].items(), key=lambda kv: -int(kv[0])):
+            out.append(f"| {k} | {v['psnr']:.2f} | {v['ms_ssim']:.4f} | {100 * v['codes_used']:.1f}% | {v['perplexity']:.0f} |")
+        out.append("")
+    if "prior" in result:
+        out += ["Prior, `--mode entire` (bits per kept token from the real file):", "",
+                "| K | log2 K | marginal (train unigram) | model information | real file | saving vs log2 K | "
+                "saving vs marginal | coder overhead | encode s (median) |", "|---|---|---|---|---|---|---|---|---|"]
+        for k, v in sorted(((k, v) for k, v in result["prior"]["summary"].items() if isinstance(v, dict)),
+                           key=lambda kv: -int(kv[0])):
+            out.append(f"| {k} | {v['log2k']:.0f} | {v['marginal_bits']:.3f} | {v['model_bits']:.3f} | "
+                       f"{v['bits_per_token']:.3f} | {100 * v['saving_vs_uniform']:.1f}% | "
+                       f"{100 * v['saving_vs_marginal']:.1f}% | {100 * v['coder_overhead']:.2f}% | {v['encode_seconds']:.1f} |")
+        out.append("")
+    if "rate" in result:
+        out += ["Rate control (`--bpp`), decoded at temperature 0 and 1 (seed 1):", "",
+                "| target bpp | real bpp | PSNR t=0 | MS-SSIM t=0 | PSNR t=1 | MS-SSIM t=1 | kept share | encode s | decode s |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for t, v in sorted(result["rate"]["summary"].items(), key=lambda kv: float(kv[0])):
+            out.append(f"| {t} | {v['bpp']:.4f} | {v['psnr_t0']:.2f} | {v['ms_ssim_t0']:.4f} | {v['psnr_t1']:.2f} | "
+                       f"{v['ms_ssim_t1']:.4f} | {v['kept']:.2f} | {v['encode_seconds']:.1f} | {v['decode_seconds_t0']:.1f} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tokcodec.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/kodak")
-    ap.add_argument("--train-data", default="../shared/data/train")
+    ap.add_argument("--train-data", default=None, help="training photos for the marginal baseline "
+                    "and codebook usage (default: DATA/../train)")
     ap.add_argument("--train-sample", type=int, default=200)
     ap.add_argument("--weights", default=None)
     ap.add_argument("--sections", default="tokenizer,prior,rate")
@@ -155,6 +185,7 @@ def main(argv=None) -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--targets", default=",".join(map(str, TARGETS)))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = ap.parse_args(argv)
     data = Path(args.data)
     if not data.exists():
@@ -164,7 +195,11 @@ def main(argv=None) -> None:
     files = images(data, args.images.split(",") if args.images else None, args.limit)
     sections = args.sections.split(",")
     result = {"model_id": codec.model.model_id.hex(), "images": [f.stem for f in files]}
-    unigram, train_counts = unigram_bits(codec, Path(args.train_data), args.train_sample) \
+    train = Path(args.train_data) if args.train_data else data.parent / "train"
+    if {"tokenizer", "prior"} & set(sections) and not train.exists():
+        raise SystemExit(f"error: training photos {train} not found (needed for the marginal baseline); "
+                         "pass --train-data DIR")
+    unigram, train_counts = unigram_bits(codec, train, args.train_sample) \
         if {"tokenizer", "prior"} & set(sections) else ({}, {})
     if "tokenizer" in sections:
         result["tokenizer"] = eval_tokenizer(codec, files, train_counts)
@@ -177,6 +212,9 @@ def main(argv=None) -> None:
         print(json.dumps(result["rate"]["summary"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result))
+    print(markdown(result))
 
 
 if __name__ == "__main__":

@@ -73,19 +73,19 @@ class Progress:
         self.t0 = self.last = time.time()
         self.items = 0
         self.acc: dict[str, float] = {}
-        self.n = 0
+        self.cnt: dict[str, int] = {}
 
     def update(self, step: int, items: int, **losses: float) -> None:
         self.items += items
-        self.n += 1
         for k, v in losses.items():
             self.acc[k] = self.acc.get(k, 0.0) + float(v)
+            self.cnt[k] = self.cnt.get(k, 0) + 1
         now = time.time()
         if now - self.last >= self.every and self.rt.main:
             rate = self.items / (now - self.last)
-            parts = " ".join(f"{k} {v / self.n:.4f}" for k, v in self.acc.items())
+            parts = " ".join(f"{k} {v / self.cnt[k]:.4f}" for k, v in self.acc.items())
             print(f"step {step} {parts} | {rate:.1f} items/s | {now - self.t0:.0f}s", flush=True)
-            self.last, self.items, self.acc, self.n = now, 0, {}, 0
+            self.last, self.items, self.acc, self.cnt = now, 0, {}, {}
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -16,7 +16,6 @@ cover every level of the stage pyramid that large images use.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
