@@ -27,9 +27,11 @@ test: setup
 	$(BIN)/python -m pytest
 
 eval: setup
-	$(BIN)/python -m tokcodec.evaluate --data $(KODAK)
+	mkdir -p out
+	$(BIN)/python -m tokcodec.evaluate --data $(KODAK) --sections tokenizer,prior --markdown out/eval.md
 
 bench: setup
+	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m tokcodec.bench --data $(KODAK)
 
 train-tokenizer: setup

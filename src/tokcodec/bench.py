@@ -70,7 +70,7 @@ def classic_codecs() -> list[Classic]:
         Classic("JPEG", "JPEG", range(1, 96), lambda q: {"quality": q, "optimize": True}),
         Classic("WebP", "WEBP", range(0, 101), lambda q: {"quality": q, "method": 6}),
         Classic("AVIF", "AVIF", range(0, 101), lambda q: {"quality": q, "speed": 6}),
-        Classic("JPEG XL", "JXL", range(0, 101), lambda q: {"quality": q, "effort": 7}),
+        Classic("JPEG XL", "JXL", range(0, 100), lambda q: {"quality": q, "effort": 7}),  # 100 = lossless path
     ]
     return [c for c in cands if c.available()]
 
@@ -112,25 +112,34 @@ def timed(fn, repeats: int):
 
 
 PEAK_SNIPPET = """
-import resource, sys, io
+import io, json, sys
 from PIL import Image
-name, path, bpp = sys.argv[1], sys.argv[2], float(sys.argv[3])
+name, path, bpp, fmt, opts = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
 img = Image.open(path).convert("RGB")
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if name == "tokc":
     import tokcodec
-    img2 = tokcodec.decode(tokcodec.encode(img, bpp))
+    tokcodec.decode(tokcodec.encode(img, bpp))
 else:
-    from tokcodec.bench import classic_codecs, at_or_under
-    c = [c for c in classic_codecs() if c.name == name][0]
-    data, _, _ = at_or_under(c, img, int(bpp * img.size[0] * img.size[1] / 8))
-    c.decode(data)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    if fmt == "JXL":
+        import pillow_jxl  # noqa: F401
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **opts)
+    Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+# VmHWM belongs to this process image; ru_maxrss would carry the parent's peak across exec.
+print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")))
 """
 
 
 def peak_memory_mb(name: str, path: Path, bpp: float) -> float | None:
-    r = subprocess.run([sys.executable, "-c", PEAK_SNIPPET, name, str(path), str(bpp)],
+    """Peak resident memory (MB) of a fresh process that encodes and decodes one image
+    (classic codecs without torch loaded, at their setting for this target)."""
+    fmt, opts = "", {}
+    if name != "tokc":
+        c = next(c for c in classic_codecs() if c.name == name)
+        img = load_image(path)
+        _, q, _ = at_or_under(c, img, int(bpp * img.size[0] * img.size[1] / 8))
+        fmt, opts = c.fmt, c.options(q)
+    r = subprocess.run([sys.executable, "-c", PEAK_SNIPPET, name, str(path), str(bpp), fmt, json.dumps(opts)],
                        capture_output=True, text=True, timeout=1800)
     if r.returncode:
         return None

@@ -111,8 +111,11 @@ def eval_prior(codec: Codec, files, unigram) -> dict:
     return {"summary": summary, "per_image": per_image}
 
 
-def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0)) -> dict:
+def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0), mode: str | None = None,
+              ssim2: bool = False) -> dict:
     per_image, summary = {}, {}
+    if ssim2:
+        from .bench import ssimulacra2_score
     for bpp in targets:
         rows = []
         for f in files:
@@ -120,7 +123,7 @@ def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0)) -> dict:
             w, h = img.size
             t0 = time.perf_counter()
             try:
-                r = codec.encode(img, bpp)
+                r = codec.encode(img, bpp, mode=mode)
             except Exception as e:  # unreachable target: record it
                 per_image.setdefault(f.stem, {})[bpp] = {"error": str(e)}
                 continue
@@ -134,6 +137,8 @@ def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0)) -> dict:
                 row[f"decode_seconds_t{t:g}"] = time.perf_counter() - t0
                 for name, v in compare(img, out).items():
                     row[f"{name}_t{t:g}"] = v
+                if ssim2:
+                    row[f"ssimulacra2_t{t:g}"] = ssimulacra2_score(img, out)
             per_image.setdefault(f.stem, {})[bpp] = row
             rows.append(row)
         if rows:
@@ -169,6 +174,15 @@ def markdown(result: dict) -> str:
         for t, v in sorted(result["rate"]["summary"].items(), key=lambda kv: float(kv[0])):
             out.append(f"| {t} | {v['bpp']:.4f} | {v['psnr_t0']:.2f} | {v['ms_ssim_t0']:.4f} | {v['psnr_t1']:.2f} | "
                        f"{v['ms_ssim_t1']:.4f} | {v['kept']:.2f} | {v['encode_seconds']:.1f} | {v['decode_seconds_t0']:.1f} |")
+    if "rate_by_mode" in result:
+        out += ["", "Rate control restricted to one mask mode (K and edge-block share chosen by rate control):", "",
+                "| mode | target bpp | real bpp | PSNR t=0 | MS-SSIM t=0 | SSIMULACRA2 t=0 | PSNR t=1 | MS-SSIM t=1 | SSIMULACRA2 t=1 | n |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for m, res in result["rate_by_mode"].items():
+            for t, v in sorted(res["summary"].items(), key=lambda kv: float(kv[0])):
+                s2 = [f"{v[k]:.1f}" if k in v else "n/a" for k in ("ssimulacra2_t0", "ssimulacra2_t1")]
+                out.append(f"| {m} | {t} | {v['bpp']:.4f} | {v['psnr_t0']:.2f} | {v['ms_ssim_t0']:.4f} | {s2[0]} | "
+                           f"{v['psnr_t1']:.2f} | {v['ms_ssim_t1']:.4f} | {s2[1]} | {v['n']} |")
     return "\n".join(out) + "\n"
 
 
@@ -184,6 +198,9 @@ def main(argv=None) -> None:
     ap.add_argument("--images", default=None, help="comma-separated stems, e.g. kodim01,kodim23")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--targets", default=",".join(map(str, TARGETS)))
+    ap.add_argument("--modes", default=None, help="rate section per mask mode, e.g. "
+                    "edge,edge_more,checkerboard,entire (default: rate control picks the mode)")
+    ap.add_argument("--ssimulacra2", action="store_true", help="also compute SSIMULACRA2 (slow)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = ap.parse_args(argv)
@@ -208,8 +225,13 @@ def main(argv=None) -> None:
         result["prior"] = eval_prior(codec, files, unigram)
         print(json.dumps(result["prior"]["summary"], indent=1), flush=True)
     if "rate" in sections:
-        result["rate"] = eval_rate(codec, files, [float(t) for t in args.targets.split(",")])
-        print(json.dumps(result["rate"]["summary"], indent=1), flush=True)
+        targets = [float(t) for t in args.targets.split(",")]
+        if args.modes:
+            result["rate_by_mode"] = {m: eval_rate(codec, files, targets, mode=m, ssim2=args.ssimulacra2)
+                                      for m in args.modes.split(",")}
+        else:
+            result["rate"] = eval_rate(codec, files, targets, ssim2=args.ssimulacra2)
+            print(json.dumps(result["rate"]["summary"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.markdown:
