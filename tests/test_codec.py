@@ -21,6 +21,9 @@ def test_decoded_tokens_equal_encoded_tokens(codec, mode):
     assert np.array_equal(tokens[keep], original[keep])
     assert (tokens[~keep] == 64).all()  # dropped positions are [MASK] until generated
     assert keep.sum() == r.tokens_kept == describe(r.data)["tokens_kept"]
+    if mode in ("edge", "edge_more"):
+        from tokcodec.mask import select_blocks
+        assert describe(r.data)["edge_blocks"] == select_blocks(a["strength"], 0.3).sum()
 
 
 def test_mode_fractions(codec):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -67,7 +67,15 @@ class EncodeResult:
     token_bits: int
     mask_bits: float
     info_bits: float
-    stats: dict = field(default_factory=dict)
+
+
+def read_mask(c: Container) -> tuple[entropy.Decoder, np.ndarray]:
+    """Start decoding a payload: read the block map (edge modes) and build the keep mask.
+    Returns the decoder positioned at the first token."""
+    hd = c.header
+    dec = entropy.Decoder(c.payload)
+    blocks = mask.decode_blocks(dec, (hd.grid[0] // 2, hd.grid[1] // 2)) if hd.mode in mask.USES_BLOCKS else None
+    return dec, mask.keep_mask(hd.mode, hd.grid, blocks)
 
 
 def pad_image(rgb: np.ndarray) -> np.ndarray:
@@ -245,10 +253,8 @@ class Codec:
         hd = c.header
         grid = hd.grid
         k = hd.codebook
-        dec = entropy.Decoder(c.payload)
         try:
-            blocks = mask.decode_blocks(dec, (grid[0] // 2, grid[1] // 2)) if hd.mode in mask.USES_BLOCKS else None
-            keep = mask.keep_mask(hd.mode, grid, blocks)
+            dec, keep = read_mask(c)
             ctx, coded = self._code_stages(grid, k, keep, lambda pos, counts: dec.decode(counts))
         except entropy.DecodeError as e:
             raise CodecError(f"file is damaged: {e}") from None
@@ -303,18 +309,15 @@ def describe(data: bytes) -> dict:
     c = container.unpack(data)
     hd = c.header
     gh, gw = hd.grid
-    blocks = None
-    dec = entropy.Decoder(c.payload)
-    if hd.mode in mask.USES_BLOCKS:
-        blocks = mask.decode_blocks(dec, (gh // 2, gw // 2))
-    keep = mask.keep_mask(hd.mode, (gh, gw), blocks)
+    _, keep = read_mask(c)
     return {
         "format_version": f"{container.MAJOR}.{hd.minor}",
         "width": hd.width, "height": hd.height, "bytes": len(data),
         "bpp": 8 * len(data) / (hd.width * hd.height),
         "codebook": hd.codebook, "mode": hd.mode,
         "grid": [gh, gw], "tokens_total": gh * gw, "tokens_kept": int(keep.sum()),
-        "edge_blocks": None if blocks is None else int(blocks.sum()),
+        # in both edge modes a block's (odd row, even column) token is kept only in edge blocks
+        "edge_blocks": int(keep[1::2, ::2].sum()) if hd.mode in mask.USES_BLOCKS else None,
         "payload_bytes": len(c.payload),
         "token_bits": 8 * len(c.payload),
         "overhead_bytes": len(data) - len(c.payload),
