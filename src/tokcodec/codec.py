@@ -134,13 +134,13 @@ class Codec:
         for s, pos in enumerate(schedule.stage_positions(h, w)):
             kept = pos[keep_flat[pos]]
             if kept.size:
-                key = (s, hashlib.sha1(ctx.tobytes()).digest())
-                hit = cache.get(key) if cache is not None else None
-                if hit is None:
-                    hit = self._stage_counts(ctx.reshape(h, w), k, pos)
-                    if cache is not None:
-                        cache[key] = hit
-                counts = hit[torch.from_numpy(np.searchsorted(pos, kept))]
+                if cache is None:  # decoder: tables for the kept positions only
+                    counts = self._stage_counts(ctx.reshape(h, w), k, kept)
+                else:  # encoder: whole-stage tables, reusable by settings that keep other tokens
+                    key = (s, hashlib.sha1(ctx.tobytes()).digest())
+                    if key not in cache:
+                        cache[key] = self._stage_counts(ctx.reshape(h, w), k, pos)
+                    counts = cache[key][torch.from_numpy(np.searchsorted(pos, kept))]
                 toks = step(kept, counts)
                 ctx[kept] = toks
                 coded.append(toks)
@@ -279,8 +279,7 @@ class Codec:
             if not drop.size:
                 continue
             ctx = np.where(ids < s, out, k).reshape(h, w)
-            feats = prior.hidden(torch.from_numpy(ctx), k).reshape(-1, prior.cfg.dim)[torch.from_numpy(drop).to(prior.device)]
-            logits = prior.logits(feats, k).cpu()
+            logits = prior.logits_at(torch.from_numpy(ctx), k, torch.from_numpy(drop))
             if t_milli <= 0:
                 out[drop] = logits.argmax(-1).numpy()
             else:

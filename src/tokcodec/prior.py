@@ -295,10 +295,14 @@ class ExactPrior:
         """Features (N,dim) -> integer logits (N,K) in units of 2**-8."""
         return self._linear(feats, f"head.{k}")
 
+    def logits_at(self, tokens: torch.Tensor, k: int, positions: torch.Tensor) -> torch.Tensor:
+        """Integer logits (N,K), on the CPU, for the flat positions given, from one forward pass."""
+        feats = self.hidden(tokens, k).reshape(-1, self.cfg.dim)[positions.to(self.device)]
+        return self.logits(feats, k).cpu()
+
     def counts(self, tokens: torch.Tensor, k: int, positions: torch.Tensor) -> torch.Tensor:
         """Integer count tables (N,K) for the flat positions given, from one forward pass."""
-        feats = self.hidden(tokens, k).reshape(-1, self.cfg.dim)[positions.to(self.device)]
-        return counts_from_logits(self.logits(feats, k), self.exp).cpu()
+        return counts_from_logits(self.logits_at(tokens, k, positions), self.exp.cpu())
 
 
 def counts_from_logits(logits: torch.Tensor, exp: torch.Tensor, temperature_milli: int = 1000) -> torch.Tensor:
