@@ -165,7 +165,7 @@ def run(files: list[Path], targets, repeats: int, with_ssim2: bool) -> dict:
             except Exception as e:  # noqa: BLE001 - unreachable target
                 rows.append(dict(image=f.stem, codec="tokc", target=bpp, error=str(e)))
             for c in classics:
-                (data, q, floor), enc_s = timed(lambda: at_or_under(c, img, budget), 1)
+                data, q, floor = at_or_under(c, img, budget)
                 _, enc_s = timed(lambda: c.encode(img, q), repeats)
                 out, dec_s = timed(lambda: c.decode(data), repeats)
                 rows.append(dict(image=f.stem, codec=c.name, target=bpp, bytes=len(data), floor=floor,
