@@ -165,6 +165,20 @@ def exp_table() -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.int64)
 
 
+CHUNK = 2048            # tokens per block of work in the exact evaluation (speed only)
+
+
+def _rowwise(fn, x: torch.Tensor, out_dim: int) -> torch.Tensor:
+    """Apply a per-token function to x (..., C) in chunks of CHUNK tokens."""
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] <= CHUNK:
+        return fn(flat).reshape(*x.shape[:-1], out_dim)
+    out = flat.new_empty(flat.shape[0], out_dim)
+    for a in range(0, flat.shape[0], CHUNK):
+        out[a:a + CHUNK] = fn(flat[a:a + CHUNK])
+    return out.reshape(*x.shape[:-1], out_dim)
+
+
 def _rshift_round(v: torch.Tensor, bits: int) -> torch.Tensor:
     return (v + (1 << (bits - 1))) >> bits
 
@@ -263,33 +277,43 @@ class ExactPrior:
         idx = (m - s).clamp_max(self.exp.numel() - 1)
         return self.exp[idx]
 
-    def _attention(self, x: torch.Tensor, i: int) -> torch.Tensor:
+    def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int) -> torch.Tensor:
+        """Attention inside windows: qkv (n, L, 3C) with key validity (n, L) -> (n, L, C)."""
         cfg = self.cfg
         hd = cfg.dim // cfg.heads
-        shift = (i % 2) * (cfg.window // 2)
-        qkv = self._linear(x, f"b{i}.qkv")
-        xw, valid, layout = partition(qkv, cfg.window, shift)
         n, L, _ = xw.shape
         q, k, v = xw.view(n, L, 3, cfg.heads, hd).permute(2, 0, 3, 1, 4)
         s = _rshift_round(_imatmul(q, k.transpose(-1, -2)), ACT_BITS)  # (n, heads, L, L)
-        nwin = valid.shape[0]
-        bias = self.t[f"b{i}.rel"][:, self.rel_idx]  # (heads, L, L)
-        s = (s.view(n // nwin, nwin, cfg.heads, L, L) + bias).view(n, cfg.heads, L, L)
-        keyvalid = valid.view(1, nwin, 1, 1, L).expand(n // nwin, nwin, 1, 1, L).reshape(n, 1, 1, L)
-        e = self._softmax_weights(s, keyvalid)
-        num = _imatmul(e, v)
-        out = _div_round(num, e.sum(-1, keepdim=True))
-        out = out.transpose(1, 2).reshape(n, L, cfg.dim)
-        return self._linear(unpartition(out, cfg.window, layout), f"b{i}.proj")
+        s = s + self.t[f"b{i}.rel"][:, self.rel_idx]
+        e = self._softmax_weights(s, valid.view(n, 1, 1, L))
+        out = _div_round(_imatmul(e, v), e.sum(-1, keepdim=True))
+        return out.transpose(1, 2).reshape(n, L, cfg.dim)
+
+    def _attention(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Shifted-window attention of layer i on normalised features x (1, H, W, C)."""
+        cfg = self.cfg
+        shift = (i % 2) * (cfg.window // 2)
+        qkv = _rowwise(lambda r: self._linear(r, f"b{i}.qkv"), x, 3 * cfg.dim)
+        xw, valid, layout = partition(qkv, cfg.window, shift)
+        n, L, _ = xw.shape  # one image: n = number of windows
+        out = xw.new_empty(n, L, cfg.dim)
+        step = max(1, CHUNK // L)
+        for a in range(0, n, step):
+            out[a:a + step] = self._window_attention(xw[a:a + step], valid[a:a + step], i)
+        return _rowwise(lambda r: self._linear(r, f"b{i}.proj"), unpartition(out, cfg.window, layout), cfg.dim)
+
+    def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        return self._linear(self._linear(self._layernorm(x, f"b{i}.ln2"), f"b{i}.fc1").clamp_min(0), f"b{i}.fc2")
 
     def hidden(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
-        """tokens (H,W) int64 with K = [MASK] -> final normalised features (H,W,dim)."""
+        """tokens (H,W) int64 with K = [MASK] -> final normalised features (H,W,dim).
+        Every step works on chunks of about CHUNK tokens, which keeps large grids in cache;
+        integer results do not depend on the chunking."""
         x = self.t[f"emb.{k}"][tokens.to(self.device)].unsqueeze(0)
         for i in range(self.cfg.depth):
-            x = x + self._attention(self._layernorm(x, f"b{i}.ln1"), i)
-            h = self._linear(self._layernorm(x, f"b{i}.ln2"), f"b{i}.fc1").clamp_min(0)
-            x = x + self._linear(h, f"b{i}.fc2")
-        return self._layernorm(x, "ln_out")[0]
+            x = x + self._attention(_rowwise(lambda r: self._layernorm(r, f"b{i}.ln1"), x, self.cfg.dim), i)
+            x = x + _rowwise(lambda r: self._mlp(r, i), x, self.cfg.dim)
+        return _rowwise(lambda r: self._layernorm(r, "ln_out"), x, self.cfg.dim)[0]
 
     def logits(self, feats: torch.Tensor, k: int) -> torch.Tensor:
         """Features (N,dim) -> integer logits (N,K) in units of 2**-8."""

@@ -97,6 +97,83 @@ class StageBatches:
         return torch.from_numpy(inp), torch.from_numpy(toks), torch.from_numpy(target)
 
 
+class CodebookPrior(Prior):
+    """Training parameterisation of the prior that shares statistics between similar codes.
+
+    Each token embedding is a free vector plus an MLP of the token's codeword, and each output
+    logit is a free linear head plus a bilinear term between the features and a learned
+    description of the codeword (which includes the codeword itself: with unit-norm codes, a
+    Gaussian around a predicted latent is exactly such a term). Codes that sit close in the
+    tokenizer's latent space therefore start with similar embeddings and probabilities, which a
+    free 1024-way head has to learn code by code. `bake()` folds everything into a plain `Prior`
+    (per-K embedding tables and linear heads), so the shipped model and the exact integer
+    evaluation are unchanged."""
+
+    FEATS = 64
+
+    def __init__(self, cfg: PriorConfig, codebooks: dict[int, torch.Tensor]):
+        super().__init__(cfg)
+        for k in cfg.codebooks:
+            self.register_buffer(f"code_{k}", codebooks[k].float().clone())
+        cd = codebooks[cfg.codebooks[0]].shape[1]
+        self.emb_mlp = nn.Sequential(nn.Linear(cd, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
+        self.code_mlp = nn.Sequential(nn.Linear(cd, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, self.FEATS - cd))
+        self.query = nn.Linear(cfg.dim, self.FEATS)
+        for m in (self.emb_mlp[-1], self.code_mlp[-1]):  # start as the plain model
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def code_feats(self, k: int) -> torch.Tensor:
+        c = getattr(self, f"code_{k}")
+        return torch.cat([c, self.code_mlp(c)], 1)  # (K, FEATS)
+
+    def tables(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Effective embedding (K+1, dim), head weight (K, dim) and head bias (K,)."""
+        c = getattr(self, f"code_{k}")
+        extra = torch.cat([self.emb_mlp(c), c.new_zeros(1, self.cfg.dim)])  # [MASK] stays free
+        g = self.code_feats(k)
+        head = self.head[str(k)]
+        return (self.emb[str(k)].weight + extra, head.weight + g @ self.query.weight,
+                head.bias + g @ self.query.bias)
+
+    def forward(self, tokens, k, where=None):
+        emb, w, b = self.tables(k)
+        x = emb[tokens]
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.ln_out(x)
+        return F.linear(x if where is None else x[where], w, b)
+
+    @torch.no_grad()
+    def bake(self) -> Prior:
+        plain = Prior(self.cfg)
+        state = {n: v for n, v in self.state_dict().items() if n in plain.state_dict()}
+        plain.load_state_dict(state)
+        for k in self.cfg.codebooks:
+            emb, w, b = self.tables(k)
+            plain.emb[str(k)].weight.copy_(emb)
+            plain.head[str(k)].weight.copy_(w)
+            plain.head[str(k)].bias.copy_(b)
+        return plain
+
+
+def load_codebooks(path: Path) -> dict[int, torch.Tensor]:
+    ck = load_checkpoint(path)
+    return {int(n.split("_")[1]): v for n, v in ck["model"].items() if n.startswith("codebook_")}
+
+
+def load_prior(ck: dict) -> Prior:
+    """A plain Prior from a training checkpoint of either parameterisation."""
+    cfg = PriorConfig.from_dict(ck["config"])
+    if ck.get("codebooks") is not None:
+        model = CodebookPrior(cfg, ck["codebooks"])
+        model.load_state_dict(ck["model"])
+        return model.bake()
+    model = Prior(cfg)
+    model.load_state_dict(ck["model"])
+    return model
+
+
 def _split(grids, holdout: int):
     train = {k: v[:-holdout] for k, v in grids.items()}
     val = {k: v[-holdout:] for k, v in grids.items()}
@@ -125,17 +202,26 @@ def train_prior(args) -> None:
     data = torch.load(args.tokens, weights_only=False)
     train, val = _split(data["grids"], args.holdout)
     cfg = PriorConfig()
-    model = Prior(cfg).to(rt.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    codebooks = load_codebooks(Path(args.tokenizer)) if args.tokenizer else None
+    model = (CodebookPrior(cfg, codebooks) if codebooks else Prior(cfg)).to(rt.device)
     out = Path(args.out)
     ckpt = out / "last.pt"
-    step, elapsed = 0, 0.0
+    step, elapsed, ck, init_steps = 0, 0.0, None, 0
     if args.resume and ckpt.exists():
         ck = load_checkpoint(ckpt)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step, elapsed = ck["step"], ck.get("elapsed", 0.0)
+        step, elapsed, init_steps = ck["step"], ck.get("elapsed", 0.0), ck.get("init_steps", 0)
         print(f"resumed at step {step}", flush=True)
+    elif args.init:  # warm start from another run; lr schedule and optimiser start afresh
+        ck = load_checkpoint(Path(args.init))
+        print(f"initialised from {args.init} (step {ck['step']})", flush=True)
+        init_steps = ck["step"] + ck.get("init_steps", 0)
+    if ck is not None:
+        missing, unexpected = model.load_state_dict(ck["model"], strict=False)
+        if unexpected or any(not n.startswith(("emb_mlp", "code_mlp", "query", "code_")) for n in missing):
+            raise SystemExit(f"checkpoint does not fit this model: missing {missing}, unexpected {unexpected}")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    if args.resume and ck is not None and "opt" in ck:
+        opt.load_state_dict(ck["opt"])
     ddp = model
     if rt.world > 1:
         ddp = nn.parallel.DistributedDataParallel(  # per-K heads sit idle in other K's steps
@@ -146,9 +232,16 @@ def train_prior(args) -> None:
     if rt.main:
         print(f"prior: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
               f"{len(train[max(train)])} train grids, device {rt.device}", flush=True)
-    ks = list(cfg.codebooks)
+    # K=1024 and 256 are the hardest to predict and the ones rate control uses most at
+    # 0.02-0.05 bpp, so they get two turns in six
+    ks = [1024, 256, 1024, 64, 256, 16] if tuple(cfg.codebooks) == (1024, 256, 64, 16) else list(cfg.codebooks)
     prog = Progress(rt, args.log_every)
     t_start, last_save = time.time(), time.time()
+
+    def state() -> dict:
+        return {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                "elapsed": time.time() - t_start + elapsed, "config": cfg.to_dict(),
+                "codebooks": codebooks, "init_steps": init_steps}
     budget = args.minutes * 60 if args.minutes else math.inf
     while time.time() - t_start + elapsed < budget and step < args.steps:
         frac = (time.time() - t_start + elapsed) / budget if budget < math.inf else 0.0
@@ -170,12 +263,10 @@ def train_prior(args) -> None:
         if rt.main and time.time() - last_save > args.save_minutes * 60:
             v = validate(model, vbatches, rt.device)
             print("val bits/token " + " ".join(f"K={k}: {b:.3f} ({b / math.log2(k):.3f} of log2 K)" for k, b in v.items()), flush=True)
-            save_checkpoint(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                                   "elapsed": time.time() - t_start + elapsed, "config": cfg.to_dict()})
+            save_checkpoint(ckpt, state())
             last_save = time.time()
     if rt.main:
-        save_checkpoint(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                               "elapsed": time.time() - t_start + elapsed, "config": cfg.to_dict()})
+        save_checkpoint(ckpt, state())
         v = validate(model, vbatches, rt.device)
         print("final val bits/token " + " ".join(f"K={k}: {b:.3f}" for k, b in v.items()), flush=True)
         print(f"saved {ckpt} at step {step}", flush=True)
@@ -188,10 +279,9 @@ def export(args) -> None:
     tok.load_state_dict(tk["model"])
     pk = load_checkpoint(Path(args.prior))
     pcfg = PriorConfig.from_dict(pk["config"])
-    prior = Prior(pcfg)
-    prior.load_state_dict(pk["model"])
+    prior = load_prior(pk)
     provenance = {"tokenizer_steps": tk.get("step"), "ladder_steps": tk.get("ladder_steps"),
-                  "prior_steps": pk.get("step"), "prior_seconds": round(pk.get("elapsed", 0)),
+                  "prior_steps": pk.get("step", 0) + pk.get("init_steps", 0), "prior_seconds": round(pk.get("elapsed", 0)),
                   "data": args.data_note, "device": args.device_note}
     mid = save(args.out, tok, quantize(prior), pcfg, provenance)
     print(f"wrote {args.out}: model id {mid.hex()}", flush=True)
@@ -219,6 +309,9 @@ def add_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-minutes", type=float, default=5)
     p.add_argument("--log-every", type=float, default=60)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", default=None, help="warm start from this prior checkpoint")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer checkpoint whose codebooks parameterise embeddings and heads")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=train_prior)
