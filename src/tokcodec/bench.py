@@ -3,13 +3,15 @@
     python -m tokcodec.bench --data ../shared/data/kodak [--limit N] [--out docs]
 
 For each image and target bpp, tokc encodes at the target (whole file at or under it) and
-decodes at temperature 0; each classic codec (JPEG and WebP through Pillow, AVIF through
+decodes at temperature 0 ("tokc") and 1 ("tokc t=1", seed 1); each classic codec (JPEG and WebP through Pillow, AVIF through
 Pillow's AVIF plugin, JPEG XL through pillow-jxl-plugin, VVC through vvencapp/vvdecapp when
 installed) uses the highest quality setting whose file is at or under the target, or its
 lowest setting when even that is over (reported as its floor). Metrics: real bpp, PSNR,
 MS-SSIM, SSIMULACRA2 (PyPI `ssimulacra2`, optional), encode/decode time (median of
 --repeats runs in this process), and peak memory of one encode+decode in a fresh process.
-Writes docs/benchmarks.md, docs/rd-*.png and docs/samples-*.png.
+Then tokc's own speed and peak memory at 0.03 bpp for a Kodak image and a 12-MP mosaic of
+Kodak images, each in a fresh process. Writes docs/benchmarks.md, docs/rd-*.png and
+docs/samples-*.png.
 """
 
 from __future__ import annotations
@@ -75,18 +77,26 @@ def classic_codecs() -> list[Classic]:
     return [c for c in cands if c.available()]
 
 
-def at_or_under(c: Classic, img: Image.Image, budget: int) -> tuple[bytes, int, bool]:
-    """Highest quality whose file fits; (data, quality, is_floor)."""
+def at_or_under(c: Classic, img: Image.Image, budget: int, cache: dict | None = None) -> tuple[bytes, int, bool]:
+    """Highest quality whose file fits; (data, quality, is_floor). `cache` maps quality to file
+    for this image and codec, so the targets of one image share their trial encodes."""
+    cache = {} if cache is None else cache
+
+    def enc(q):
+        if q not in cache:
+            cache[q] = c.encode(img, q)
+        return cache[q]
+
     lo, hi, best = 0, len(c.qualities) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
-        data = c.encode(img, c.qualities[mid])
+        data = enc(c.qualities[mid])
         if len(data) <= budget:
             best, lo = (data, c.qualities[mid]), mid + 1
         else:
             hi = mid - 1
     if best is None:
-        return c.encode(img, c.qualities[0]), c.qualities[0], True
+        return enc(c.qualities[0]), c.qualities[0], True
     return best[0], best[1], False
 
 
@@ -154,29 +164,101 @@ def run(files: list[Path], targets, repeats: int, with_ssim2: bool) -> dict:
     for f in files:
         img = load_image(f)
         w, h = img.size
+        a = codec.analyse(img)  # shared by the targets (rate control reuses count tables)
+        trials = {c.name: {} for c in classics}
+        timing = {}  # (codec, data) -> (decoded, encode s, decode s): a floor file is timed once
         for bpp in targets:
             budget = int(bpp * w * h / 8)
             try:
-                r, enc_s = timed(lambda: codec.encode(img, bpp), 1)
-                out, dec_s = timed(lambda: codec.decode(r.data), 1)
-                rows.append(dict(image=f.stem, codec="tokc", target=bpp, bytes=len(r.data), floor=False,
-                                 setting=f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}",
-                                 encode_s=enc_s, decode_s=dec_s, decoded=out))
+                t0 = time.perf_counter()
+                r = codec.encode_analysed(a, budget)
+                enc_s = time.perf_counter() - t0
+                setting = f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}"
+                for name, temp in (("tokc", 0.0), ("tokc t=1", 1.0)):
+                    out, dec_s = timed(lambda: codec.decode(r.data, seed=1, temperature=temp), 1)
+                    rows.append(dict(image=f.stem, codec=name, target=bpp, bytes=len(r.data), floor=False,
+                                     setting=setting, encode_s=enc_s, decode_s=dec_s, decoded=out))
             except Exception as e:  # noqa: BLE001 - unreachable target
-                rows.append(dict(image=f.stem, codec="tokc", target=bpp, error=str(e)))
+                for name in ("tokc", "tokc t=1"):
+                    rows.append(dict(image=f.stem, codec=name, target=bpp, error=str(e)))
             for c in classics:
-                data, q, floor = at_or_under(c, img, budget)
-                _, enc_s = timed(lambda: c.encode(img, q), repeats)
-                out, dec_s = timed(lambda: c.decode(data), repeats)
+                data, q, floor = at_or_under(c, img, budget, trials[c.name])
+                if (c.name, data) not in timing:
+                    _, enc_s = timed(lambda: c.encode(img, q), repeats)
+                    out, dec_s = timed(lambda: c.decode(data), repeats)
+                    timing[(c.name, data)] = (out, enc_s, dec_s)
+                out, enc_s, dec_s = timing[(c.name, data)]
                 rows.append(dict(image=f.stem, codec=c.name, target=bpp, bytes=len(data), floor=floor,
                                  setting=f"q={q}", encode_s=enc_s, decode_s=dec_s, decoded=out))
+        scored = {}  # identical decoded images (a codec at its floor for several targets) score once
         for row in rows:
             if row.get("image") == f.stem and "decoded" in row and "psnr" not in row:
-                row.update(compare(img, row["decoded"]))
+                key = (row["codec"], row["bytes"], row["decoded"].tobytes())
+                if key not in scored:
+                    m = compare(img, row["decoded"])
+                    m["ssimulacra2"] = ssimulacra2_score(img, row["decoded"]) if with_ssim2 else None
+                    scored[key] = m
+                row.update(scored[key])
                 row["bpp"] = 8 * row["bytes"] / (w * h)
-                row["ssimulacra2"] = ssimulacra2_score(img, row["decoded"]) if with_ssim2 else None
         print(f"{f.stem} done", file=sys.stderr, flush=True)
-    return {"rows": rows, "codecs": ["tokc"] + [c.name for c in classics]}
+    return {"rows": rows, "codecs": ["tokc", "tokc t=1"] + [c.name for c in classics]}
+
+
+SPEED_SNIPPET = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+import tokcodec
+from tokcodec.codec import get_codec
+from tokcodec.imageio import load_image
+path, bpp = sys.argv[1], float(sys.argv[2])
+torch.set_grad_enabled(False)
+codec = get_codec()
+t1 = time.perf_counter()
+img = load_image(path)
+t2 = time.perf_counter()
+r = codec.encode(img, bpp)
+t3 = time.perf_counter()
+codec.decode(r.data)
+t4 = time.perf_counter()
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"load_s": t1 - t0, "encode_s": t3 - t2, "decode_s": t4 - t3, "bytes": len(r.data),
+                  "setting": f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}",
+                  "peak_mb": hwm / 1024, "size": list(img.size)}))
+"""
+
+
+def mosaic(files: list[Path], cols: int = 5, rows: int = 6) -> Image.Image:
+    """A 3840x3072 (11.8 MP) photo-like test image: Kodak images tiled at native resolution
+    (portrait ones turned), so detail per pixel is that of real photos, unlike an upscale."""
+    tiles = []
+    for f in files:
+        im = load_image(f)
+        tiles.append(im if im.width >= im.height else im.transpose(Image.Transpose.ROTATE_90))
+    out = Image.new("RGB", (768 * cols, 512 * rows))
+    for i in range(cols * rows):
+        out.paste(tiles[i % len(tiles)].resize((768, 512)), ((i % cols) * 768, (i // cols) * 512))
+    return out
+
+
+def speed(files: list[Path], bpp: float = 0.03) -> list[dict]:
+    """tokc encode (rate control included) and decode time and peak memory, each image in a
+    fresh process, for one Kodak image and the 12-MP mosaic."""
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        big = Path(d) / "mosaic-3840x3072.png"
+        mosaic(files).save(big)
+        for name, path in ((files[0].stem, files[0]), ("12-MP mosaic 3840x3072", big)):
+            r = subprocess.run([sys.executable, "-c", SPEED_SNIPPET, str(path), str(bpp)],
+                               capture_output=True, text=True, timeout=3600)
+            if r.returncode:
+                print(f"speed run failed for {name}: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                continue
+            row = json.loads(r.stdout.strip().splitlines()[-1])
+            row["image"] = name
+            out.append(row)
+            print(f"speed: {name} {row}", file=sys.stderr, flush=True)
+    return out
 
 
 def summarise(rows, codecs, targets):
@@ -195,7 +277,7 @@ def summarise(rows, codecs, targets):
     return table
 
 
-def write_report(out: Path, files, result, targets, mem, command: str) -> None:
+def write_report(out: Path, files, result, targets, mem, command: str, speeds=()) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -224,7 +306,8 @@ def write_report(out: Path, files, result, targets, mem, command: str) -> None:
     for f in files[:2]:
         orig = load_image(f)
         tk = next((r for r in rows if r["image"] == f.stem and r["codec"] == "tokc" and r["target"] == sample_t and "decoded" in r), None)
-        cl = [r for r in rows if r["image"] == f.stem and r["codec"] != "tokc" and r["target"] == sample_t and "decoded" in r]
+        cl = [r for r in rows if r["image"] == f.stem and not r["codec"].startswith("tokc")
+              and r["target"] == sample_t and "decoded" in r]
         if tk is None or not cl:
             continue
         best = max(cl, key=lambda r: r.get("ssimulacra2") or r["ms_ssim"])
@@ -264,6 +347,13 @@ def write_report(out: Path, files, result, targets, mem, command: str) -> None:
         lines += ["", "Peak resident memory of one encode+decode in a fresh process (MB):", "",
                   "| codec | image | peak MB |", "|---|---|---|"]
         lines += [f"| {c} | {img} | {m:.0f} |" for (c, img), m in mem.items() if m is not None]
+    if speeds:
+        lines += ["", "tokc speed and memory on this CPU: `--bpp 0.03` (rate control included) and a "
+                  "temperature-0 decode, each image in a fresh process; model loading is separate:", "",
+                  "| image | pixels | setting | bytes | encode s | decode s | model load s | peak MB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['image']} | {r['size'][0]}x{r['size'][1]} | {r['setting']} | {r['bytes']} | "
+                  f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['load_s']:.1f} | {r['peak_mb']:.0f} |" for r in speeds]
     lines += ["", "Plots: " + ", ".join(f"`{p.name}`" for p in sorted(out.glob("rd-*.png"))),
               "Samples (0.03 bpp, centre crop 256x256 shown at 2x): " + ", ".join(f"`{p.name}`" for p in sorted(out.glob("samples-*.png")))]
     (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
@@ -280,6 +370,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-ssimulacra2", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-speed", action="store_true", help="skip tokc's Kodak and 12-MP speed runs")
     ap.add_argument("--out", default="docs")
     args = ap.parse_args(argv)
     data = Path(args.data)
@@ -292,7 +383,9 @@ def main(argv=None) -> None:
     if not args.no_memory:
         for c in result["codecs"]:
             mem[(c, files[0].stem)] = peak_memory_mb(c, files[0], 0.03)
-    write_report(Path(args.out), files, result, targets, mem, "python -m tokcodec.bench " + " ".join(argv or sys.argv[1:]))
+    speeds = [] if args.no_speed else speed(files)
+    write_report(Path(args.out), files, result, targets, mem, "python -m tokcodec.bench " + " ".join(argv or sys.argv[1:]),
+                 speeds)
     print(f"wrote {args.out}/benchmarks.md", file=sys.stderr)
 
 

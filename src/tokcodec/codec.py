@@ -43,19 +43,22 @@ class Setting:
                 "edge_more": 0.25 + 0.75 * self.quantile}[self.mode]
 
 
-# Mean PSNR (dB) of the tokenizer with every token kept, per K, measured on 20 training photos
-# (not Kodak). Regenerated tokens cost more the more there are, and more for fine codebooks:
-# the penalty below is a rough fit to first measurements (K=16 with 37% dropped lost ~0.7 dB,
-# K=1024 with 25% dropped lost 1.4-2.7 dB, K=256 with 70% dropped ~6 dB).
-TOKENIZER_PSNR = {16: 19.36, 64: 20.69, 256: 21.72, 1024: 22.41}
+# Rate control's quality model: mean decoded PSNR (dB, temperature 0) per codebook and mask
+# mode, and for the edge modes per edge-block share (QUALITY_QUANTILES, interpolated between),
+# measured on training photos (never Kodak) by `python -m tokcodec.train quality`.
+QUALITY_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9)
+QUALITY: dict[int, dict[str, list[float]]] = {}
 
 
 def expected_quality(s: Setting) -> float:
     """Rate control's estimate of decoded quality in dB (higher is better)."""
-    base = TOKENIZER_PSNR.get(s.codebook, 10 * np.log10(s.codebook) / 3 + 18)
-    dropped = 1.0 - s.kept_share
-    per_dropped = max(1.0, 1.5 * np.log2(s.codebook) - 4.0)
-    return base - dropped * per_dropped - 3.0 * dropped ** 2 + 1e-3 * s.kept_share
+    row = QUALITY.get(s.codebook, {}).get(s.mode)
+    if row is None:  # a model without a measured table: a rough prior by share and K
+        dropped = 1.0 - s.kept_share
+        base = {16: 19.4, 64: 20.7, 256: 21.7, 1024: 22.4}.get(s.codebook, 10 * np.log10(s.codebook) / 3 + 18)
+        return base - dropped * max(1.0, 1.5 * np.log2(s.codebook) - 4.0) - 3.0 * dropped ** 2 + 1e-3 * s.kept_share
+    q = float(np.interp(s.quantile, QUALITY_QUANTILES, row)) if len(row) > 1 else row[0]
+    return q + 1e-3 * s.kept_share  # ties go to the setting that keeps more
 
 
 @dataclass
@@ -202,6 +205,13 @@ class Codec:
         w, h = image.size
         budget = int(nbytes) if nbytes is not None else (
             int(np.floor(bpp * w * h / 8)) if bpp is not None else None)
+        return self.encode_analysed(a, budget, codebook, mode, quantile)
+
+    def encode_analysed(self, a: dict, budget: int | None, codebook: int | None = None,
+                        mode: str | None = None, quantile: float | None = None) -> EncodeResult:
+        """Rate control on an analysis from `analyse` (reusable across targets and modes:
+        count tables computed for one target are cached in it for the next)."""
+        w, h = a["size"]
         groups = sorted(self.groups(codebook, mode, quantile), key=lambda g: -expected_quality(g[-1]))
         if budget is None:
             return self.encode_setting(a, groups[0][-1])

@@ -11,6 +11,12 @@ Sections:
              (marginal baseline) and against the model's own information content (coder
              overhead); network passes and prior time per image.
   rate       --bpp targets: real bpp, setting chosen, PSNR / MS-SSIM at temperature 0 and 1.
+  modes      rate control restricted to each mask mode (--modes), every target, decoded at
+             temperature 0 and 1; a mode that cannot reach a target on an image is counted, not
+             averaged in.
+  edge       the value of edge preservation at equal rate: for each K, plain checkerboard
+             (stages 0+1, half the tokens) against edge_more (stage 0 plus the edge blocks) at the
+             largest edge-block share whose file is no bigger than the checkerboard file.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .codec import Codec, Setting
+from .codec import Codec, CodecError, Setting
 from .imageio import load_image
 from .metrics import compare
 from .schedule import n_stages
@@ -148,6 +154,87 @@ def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0), mode: str |
     return {"summary": summary, "per_image": per_image}
 
 
+class Scorer:
+    """Decode files at temperature 0 and 1 and score them; identical files are scored once."""
+
+    def __init__(self, codec: Codec, ssim2: bool, temperatures=(0.0, 1.0)):
+        self.codec, self.temperatures, self.memo = codec, temperatures, {}
+        self.ssim2 = None
+        if ssim2:
+            from .bench import ssimulacra2_score
+            self.ssim2 = ssimulacra2_score
+
+    def __call__(self, img, data: bytes) -> dict:
+        if data not in self.memo:
+            row = {}
+            for t in self.temperatures:
+                t0 = time.perf_counter()
+                out = self.codec.decode(data, seed=1, temperature=t)
+                row[f"decode_seconds_t{t:g}"] = time.perf_counter() - t0
+                for name, v in compare(img, out).items():
+                    row[f"{name}_t{t:g}"] = v
+                if self.ssim2:
+                    row[f"ssimulacra2_t{t:g}"] = self.ssim2(img, out)
+            self.memo[data] = row
+        return dict(self.memo[data])
+
+
+def _setting_row(r, w: int, h: int) -> dict:
+    return {"bpp": 8 * len(r.data) / (w * h), "bytes": len(r.data), "K": r.setting.codebook,
+            "mode": r.setting.mode, "quantile": r.setting.quantile, "kept": r.tokens_kept / r.tokens_total}
+
+
+def _summary(rows: list[dict], unreachable: int) -> dict:
+    out = {key: mean([r[key] for r in rows]) for key in rows[0]
+           if isinstance(rows[0][key], (int, float)) and not isinstance(rows[0][key], bool)} if rows else {}
+    out["n"], out["unreachable"] = len(rows), unreachable
+    return out
+
+
+def eval_modes(codec: Codec, files, targets, modes, ssim2: bool) -> dict:
+    """Per mode and target: rate control within that mode, on one analysis per image."""
+    score = Scorer(codec, ssim2)
+    rows = {m: {t: [] for t in targets} for m in modes}
+    missed = {m: {t: 0 for t in targets} for m in modes}
+    per_image = {}
+    for f in files:
+        img = load_image(f)
+        w, h = img.size
+        a = codec.analyse(img)
+        score.memo.clear()
+        for m in modes:
+            for t in targets:
+                try:
+                    r = codec.encode_analysed(a, int(np.floor(t * w * h / 8)), mode=m)
+                except CodecError:
+                    missed[m][t] += 1
+                    continue
+                row = _setting_row(r, w, h) | score(img, r.data)
+                rows[m][t].append(row)
+                per_image.setdefault(f.stem, {}).setdefault(m, {})[t] = row
+        print(f"modes: {f.stem} done", flush=True)
+    summary = {m: {t: _summary(rows[m][t], missed[m][t]) for t in targets} for m in modes}
+    return {"summary": summary, "per_image": per_image}
+
+
+def eval_edge(codec: Codec, files, ssim2: bool) -> dict:
+    """Checkerboard against edge_more at no more bytes, per K, same images."""
+    score = Scorer(codec, ssim2)
+    rows = {k: {"checkerboard": [], "edge_more": []} for k in codec.model.codebooks}
+    for f in files:
+        img = load_image(f)
+        w, h = img.size
+        a = codec.analyse(img)
+        score.memo.clear()
+        for k in codec.model.codebooks:
+            cb = codec.encode_setting(a, Setting(k, "checkerboard"))
+            em = codec.encode_analysed(a, len(cb.data), codebook=k, mode="edge_more")
+            for name, r in (("checkerboard", cb), ("edge_more", em)):
+                rows[k][name].append(_setting_row(r, w, h) | score(img, r.data))
+        print(f"edge: {f.stem} done", flush=True)
+    return {"summary": {k: {m: _summary(v, 0) for m, v in d.items()} for k, d in rows.items()}}
+
+
 def markdown(result: dict) -> str:
     """Tables of a result dict, as they appear in weights/README.md."""
     out = [f"Model `{result['model_id']}`, {len(result['images'])} images.", ""]
@@ -174,16 +261,40 @@ def markdown(result: dict) -> str:
         for t, v in sorted(result["rate"]["summary"].items(), key=lambda kv: float(kv[0])):
             out.append(f"| {t} | {v['bpp']:.4f} | {v['psnr_t0']:.2f} | {v['ms_ssim_t0']:.4f} | {v['psnr_t1']:.2f} | "
                        f"{v['ms_ssim_t1']:.4f} | {v['kept']:.2f} | {v['encode_seconds']:.1f} | {v['decode_seconds_t0']:.1f} |")
-    if "rate_by_mode" in result:
-        out += ["", "Rate control restricted to one mask mode (K and edge-block share chosen by rate control):", "",
-                "| mode | target bpp | real bpp | PSNR t=0 | MS-SSIM t=0 | SSIMULACRA2 t=0 | PSNR t=1 | MS-SSIM t=1 | SSIMULACRA2 t=1 | n |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
-        for m, res in result["rate_by_mode"].items():
-            for t, v in sorted(res["summary"].items(), key=lambda kv: float(kv[0])):
-                s2 = [f"{v[k]:.1f}" if k in v else "n/a" for k in ("ssimulacra2_t0", "ssimulacra2_t1")]
-                out.append(f"| {m} | {t} | {v['bpp']:.4f} | {v['psnr_t0']:.2f} | {v['ms_ssim_t0']:.4f} | {s2[0]} | "
-                           f"{v['psnr_t1']:.2f} | {v['ms_ssim_t1']:.4f} | {s2[1]} | {v['n']} |")
+    if "modes" in result:
+        out += ["", "Rate control restricted to one mask mode (K and edge-block share chosen by rate "
+                "control), decoded at temperature 0 and 1 (seed 1); `n` images reach the target, "
+                "`miss` cannot:", "",
+                "| mode | target bpp | real bpp | K (mean) | kept share | PSNR t=0 | MS-SSIM t=0 | SSIMULACRA2 t=0 | "
+                "PSNR t=1 | MS-SSIM t=1 | SSIMULACRA2 t=1 | n | miss |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for m, res in result["modes"]["summary"].items():
+            for t, v in sorted(res.items(), key=lambda kv: float(kv[0])):
+                if not v.get("n"):
+                    out.append(f"| {m} | {t} | unreachable | | | | | | | | | 0 | {v['unreachable']} |")
+                    continue
+                out.append(f"| {m} | {t} | {v['bpp']:.4f} | {v['K']:.0f} | {v['kept']:.2f} | " + " | ".join(
+                    _fmt(v, f"{name}_t{tt}") for tt in ("0", "1") for name in ("psnr", "ms_ssim", "ssimulacra2"))
+                    + f" | {v['n']} | {v['unreachable']} |")
+    if "edge" in result:
+        out += ["", "Edge preservation at equal rate: per K, plain checkerboard (half the tokens, "
+                "uniformly) against edge_more (stage 0 plus edge blocks) at the largest edge share "
+                "whose file is no bigger; temperature 0 and 1:", "",
+                "| K | mask | real bpp | kept share | PSNR t=0 | MS-SSIM t=0 | SSIMULACRA2 t=0 | "
+                "PSNR t=1 | MS-SSIM t=1 | SSIMULACRA2 t=1 | n |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for k, d in sorted(result["edge"]["summary"].items(), key=lambda kv: int(kv[0])):
+            for m, v in d.items():
+                out.append(f"| {k} | {m} | {v['bpp']:.4f} | {v['kept']:.2f} | " + " | ".join(
+                    _fmt(v, f"{name}_t{tt}") for tt in ("0", "1") for name in ("psnr", "ms_ssim", "ssimulacra2"))
+                    + f" | {v['n']} |")
     return "\n".join(out) + "\n"
+
+
+def _fmt(v: dict, key: str) -> str:
+    x = v.get(key)
+    if x is None or x != x:
+        return "n/a"
+    return f"{x:.4f}" if key.startswith("ms_ssim") else (f"{x:.1f}" if key.startswith("ssimulacra2") else f"{x:.2f}")
 
 
 def main(argv=None) -> None:
@@ -198,8 +309,8 @@ def main(argv=None) -> None:
     ap.add_argument("--images", default=None, help="comma-separated stems, e.g. kodim01,kodim23")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--targets", default=",".join(map(str, TARGETS)))
-    ap.add_argument("--modes", default=None, help="rate section per mask mode, e.g. "
-                    "edge,edge_more,checkerboard,entire (default: rate control picks the mode)")
+    ap.add_argument("--modes", default=None, help="modes section: which mask modes "
+                    "(default entire,edge,edge_more,checkerboard)")
     ap.add_argument("--ssimulacra2", action="store_true", help="also compute SSIMULACRA2 (slow)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None, help="also write the tables to this file")
@@ -224,14 +335,15 @@ def main(argv=None) -> None:
     if "prior" in sections:
         result["prior"] = eval_prior(codec, files, unigram)
         print(json.dumps(result["prior"]["summary"], indent=1), flush=True)
+    targets = [float(t) for t in args.targets.split(",")]
+    if "modes" in sections:
+        modes = args.modes.split(",") if args.modes else ["entire", "edge", "edge_more", "checkerboard"]
+        result["modes"] = eval_modes(codec, files, targets, modes, args.ssimulacra2)
+    if "edge" in sections:
+        result["edge"] = eval_edge(codec, files, args.ssimulacra2)
     if "rate" in sections:
-        targets = [float(t) for t in args.targets.split(",")]
-        if args.modes:
-            result["rate_by_mode"] = {m: eval_rate(codec, files, targets, mode=m, ssim2=args.ssimulacra2)
-                                      for m in args.modes.split(",")}
-        else:
-            result["rate"] = eval_rate(codec, files, targets, ssim2=args.ssimulacra2)
-            print(json.dumps(result["rate"]["summary"], indent=1), flush=True)
+        result["rate"] = eval_rate(codec, files, targets, ssim2=args.ssimulacra2)
+        print(json.dumps(result["rate"]["summary"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.markdown:

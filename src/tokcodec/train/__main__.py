@@ -2,7 +2,7 @@
 
 import argparse
 
-from . import prior, tokenizer
+from . import prior, quality, tokenizer
 
 
 def main(argv=None) -> None:
@@ -10,6 +10,7 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     tokenizer.add_args(sub)
     prior.add_args(sub)
+    quality.add_args(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,0 +1,62 @@
+"""Fit rate control's quality model: decoded PSNR per codebook, mask mode and edge share.
+
+    python -m tokcodec.train quality --data ../shared/data/train [--limit 24] [--weights W]
+
+Encodes a sample of training photos (never Kodak) at every setting on a grid, decodes at
+temperature 0 and prints the mean PSNR table that `codec.QUALITY` holds. Each row is made
+non-decreasing in the edge share, which rate control's search relies on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..codec import QUALITY_QUANTILES, Codec, Setting
+from ..imageio import load_image
+from .data import list_images
+
+
+def _psnr(a, b) -> float:
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
+
+
+def fit(args) -> None:
+    torch.set_grad_enabled(False)
+    codec = Codec(args.weights, args.device)
+    files = list_images(Path(args.data))
+    files = files[::max(1, len(files) // args.limit)][:args.limit]
+    table = {k: {"entire": [], "checkerboard": [], "edge": [], "edge_more": []} for k in codec.model.codebooks}
+    for n, f in enumerate(files):
+        img = load_image(f)
+        a = codec.analyse(img)
+        for k in codec.model.codebooks:
+            for mode in table[k]:
+                qs = QUALITY_QUANTILES if mode in ("edge", "edge_more") else (0.0,)
+                row = []
+                for q in qs:
+                    r = codec.encode_setting(a, Setting(k, mode, q))
+                    row.append(_psnr(img, codec.decode(r.data)))
+                table[k][mode].append(row)
+        print(f"{n + 1}/{len(files)} {f.name}", flush=True)
+    out = {}
+    for k, modes in table.items():
+        out[k] = {}
+        for mode, rows in modes.items():
+            m = np.maximum.accumulate(np.mean(rows, 0))
+            out[k][mode] = [round(float(x), 2) for x in m]
+    print(json.dumps({"model_id": codec.model.model_id.hex(), "images": len(files), "table": out}))
+
+
+def add_args(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser("quality", help="fit rate control's quality table on training photos")
+    q.add_argument("--data", required=True)
+    q.add_argument("--limit", type=int, default=24)
+    q.add_argument("--weights", default=None)
+    q.add_argument("--device", default="auto")
+    q.set_defaults(func=fit)
