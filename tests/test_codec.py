@@ -5,7 +5,7 @@ import pytest
 
 from tiny import photo
 from tokcodec import schedule
-from tokcodec.codec import Codec, CodecError, Setting, describe
+from tokcodec.codec import Codec, CodecError, Setting, describe, expected_quality
 from tokcodec.container import unpack
 
 GOLDEN = "golden_edge_k64.tkc"
@@ -100,3 +100,25 @@ def test_schedule_used_matches_spec(codec):
     r = codec.encode(photo(200, 130), None, None, 16, "entire")
     g = unpack(r.data).header.grid
     assert schedule.n_stages(*g) >= 4
+
+
+def test_size_estimate_is_within_the_rate_control_margin(codec):
+    img = photo(320, 224, seed=3)
+    a = codec.analyse(img)
+    for s in [Setting(k, m, q) for k in codec.model.codebooks
+              for m, q in (("entire", 0.0), ("checkerboard", 0.0), ("edge", 0.4), ("edge_more", 0.7))]:
+        real = len(codec.encode_setting(a, s).data)
+        assert abs(codec.estimate_bytes(a, s) - real) <= 0.01 * real + 8, s
+
+
+@pytest.mark.parametrize("nbytes", [90, 140, 220, 400])
+def test_estimated_rate_control_picks_what_exact_search_picks(codec, nbytes):
+    """Estimates only skip settings that are clearly over or under the budget, so the choice is
+    the one a search on exact sizes makes (the same on every machine)."""
+    img = photo(320, 224, seed=4)
+    got = codec.encode(img, nbytes=nbytes)
+    a = codec.analyse(img)
+    groups = sorted(codec.groups(None, None, None), key=lambda g: -expected_quality(g[-1]))
+    want = codec._search(groups, lambda s: len(codec.encode_setting(a, s).data) <= nbytes)
+    assert got.setting == want
+    assert len(got.data) <= nbytes

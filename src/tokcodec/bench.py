@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -222,7 +223,7 @@ t3 = time.perf_counter()
 codec.decode(r.data)
 t4 = time.perf_counter()
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"load_s": t1 - t0, "encode_s": t3 - t2, "decode_s": t4 - t3, "bytes": len(r.data),
+print(json.dumps({"threads": torch.get_num_threads(), "load_s": t1 - t0, "encode_s": t3 - t2, "decode_s": t4 - t3, "bytes": len(r.data),
                   "setting": f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}",
                   "peak_mb": hwm / 1024, "size": list(img.size)}))
 """
@@ -248,9 +249,10 @@ def speed(files: list[Path], bpp: float = 0.03) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         big = Path(d) / "mosaic-3840x3072.png"
         mosaic(files).save(big)
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # every core
         for name, path in ((files[0].stem, files[0]), ("12-MP mosaic 3840x3072", big)):
             r = subprocess.run([sys.executable, "-c", SPEED_SNIPPET, str(path), str(bpp)],
-                               capture_output=True, text=True, timeout=3600)
+                               capture_output=True, text=True, timeout=3600, env=env)
             if r.returncode:
                 print(f"speed run failed for {name}: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                 continue
@@ -327,7 +329,8 @@ def write_report(out: Path, files, result, targets, mem, command: str, speeds=()
     import torch
     lines = ["# Benchmarks", "", f"Command: `{command}`", "",
              f"Machine: {platform.processor() or platform.machine()}, {platform.system()}, "
-             f"{len(__import__('os').sched_getaffinity(0))} CPU cores, no GPU used. Python {platform.python_version()}, "
+             f"{len(os.sched_getaffinity(0))} CPU cores, no GPU used; tokc timings in the main table use "
+             f"{torch.get_num_threads()} torch thread(s). Python {platform.python_version()}, "
              f"torch {torch.__version__}, Pillow {PIL.__version__}.", "",
              f"Images: {len(files)} from the Kodak set ({', '.join(f.stem for f in files)}). "
              "bpp is the whole file. Classic codecs use their best quality at or under the target; "
@@ -350,10 +353,11 @@ def write_report(out: Path, files, result, targets, mem, command: str, speeds=()
     if speeds:
         lines += ["", "tokc speed and memory on this CPU: `--bpp 0.03` (rate control included) and a "
                   "temperature-0 decode, each image in a fresh process; model loading is separate:", "",
-                  "| image | pixels | setting | bytes | encode s | decode s | model load s | peak MB |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| image | pixels | setting | bytes | encode s | decode s | model load s | peak MB | threads |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['image']} | {r['size'][0]}x{r['size'][1]} | {r['setting']} | {r['bytes']} | "
-                  f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['load_s']:.1f} | {r['peak_mb']:.0f} |" for r in speeds]
+                  f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['load_s']:.1f} | {r['peak_mb']:.0f} | {r['threads']} |"
+                  for r in speeds]
     lines += ["", "Plots: " + ", ".join(f"`{p.name}`" for p in sorted(out.glob("rd-*.png"))),
               "Samples (0.03 bpp, centre crop 256x256 shown at 2x): " + ", ".join(f"`{p.name}`" for p in sorted(out.glob("samples-*.png")))]
     (out / "benchmarks.md").write_text("\n".join(lines) + "\n")

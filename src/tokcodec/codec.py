@@ -20,10 +20,11 @@ from PIL import Image
 
 from . import container, entropy, mask, schedule
 from .container import Container, FormatError, Header
-from .prior import counts_from_logits
+from .prior import COUNT_BITS, counts_from_logits
 from .weights import Model, load
 
 QUANTILES = tuple(i / 20 for i in range(19))  # edge-block shares tried by rate control
+ESTIMATE_MARGIN = 0.01  # rate control codes exactly only settings within 1% (+8 bytes) of the budget
 UNIT = 32  # pad to a multiple of two tokens so the 2x2 phase groups tile evenly
 
 
@@ -210,39 +211,103 @@ class Codec:
     def encode_analysed(self, a: dict, budget: int | None, codebook: int | None = None,
                         mode: str | None = None, quantile: float | None = None) -> EncodeResult:
         """Rate control on an analysis from `analyse` (reusable across targets and modes:
-        count tables computed for one target are cached in it for the next)."""
+        count tables computed for one target are cached in it for the next).
+
+        The search visits groups of settings in order of expected quality and, within a group,
+        binary-searches the largest edge-block share whose file fits. A setting whose estimated
+        size (float prior, `estimate_bytes`) is clearly over or under the budget is decided
+        without coding it; only settings within ESTIMATE_MARGIN of the budget, and the winner,
+        are coded exactly. The margin is far larger than the estimate's error, so the decisions
+        are those of exact sizes, and the returned file is always an exact encode that fits."""
         w, h = a["size"]
         groups = sorted(self.groups(codebook, mode, quantile), key=lambda g: -expected_quality(g[-1]))
         if budget is None:
             return self.encode_setting(a, groups[0][-1])
         tried: dict[Setting, EncodeResult] = {}
 
-        def probe(s: Setting) -> EncodeResult:
+        def exact(s: Setting) -> EncodeResult:
             if s not in tried:
                 tried[s] = self.encode_setting(a, s)
             return tried[s]
 
+        def fits(s: Setting) -> bool:
+            if s not in tried:
+                est = self.estimate_bytes(a, s)
+                if est > budget * (1 + ESTIMATE_MARGIN) + 8:
+                    return False
+                if est < budget * (1 - ESTIMATE_MARGIN) - 8:
+                    return True
+            return len(exact(s).data) <= budget
+
+        for fit_test in (fits, lambda s: len(exact(s).data) <= budget):
+            best = self._search(groups, fit_test)
+            if best is None:
+                break
+            r = exact(best)
+            if len(r.data) <= budget:
+                return r
+            # an estimate was off by more than the margin: search again on exact sizes only
+        probes = [exact(g[0]) for g in groups] if not tried else list(tried.values())
+        smallest = min(probes, key=lambda r: len(r.data))
+        got = 8 * len(smallest.data) / (w * h)
+        raise CodecError(f"target {8 * budget / (w * h):.4f} bpp ({budget} bytes) cannot be reached "
+                         f"for this image; the smallest setting gives {got:.4f} bpp "
+                         f"({len(smallest.data)} bytes)")
+
+    @staticmethod
+    def _search(groups: list[list[Setting]], fits) -> Setting | None:
         best = None
         for g in groups:  # best upper bound first; stop once no group can beat the best found
-            if best is not None and expected_quality(g[-1]) <= expected_quality(best.setting):
+            if best is not None and expected_quality(g[-1]) <= expected_quality(best):
                 break
             lo, hi, fit = 0, len(g) - 1, None
             while lo <= hi:  # largest edge-block share that fits
                 mid = (lo + hi) // 2
-                r = probe(g[mid])
-                if len(r.data) <= budget:
-                    fit, lo = r, mid + 1
+                if fits(g[mid]):
+                    fit, lo = g[mid], mid + 1
                 else:
                     hi = mid - 1
-            if fit is not None and (best is None or expected_quality(fit.setting) > expected_quality(best.setting)):
+            if fit is not None and (best is None or expected_quality(fit) > expected_quality(best)):
                 best = fit
-        if best is None:
-            smallest = min(tried.values(), key=lambda r: len(r.data))
-            got = 8 * len(smallest.data) / (w * h)
-            raise CodecError(f"target {8 * budget / (w * h):.4f} bpp ({budget} bytes) cannot be reached "
-                             f"for this image; the smallest setting gives {got:.4f} bpp "
-                             f"({len(smallest.data)} bytes)")
         return best
+
+    @torch.no_grad()
+    def estimate_bytes(self, a: dict, setting: Setting) -> float:
+        """Estimated file size of a setting from the float twin of the prior: the information
+        content of the kept tokens and the block map, the coder's small overhead and the
+        container's fixed bytes. Stage tables are cached in the analysis, keyed by context."""
+        k = setting.codebook
+        tokens = self.tokens_for(a, k)
+        grid = tokens.shape
+        blocks = mask.select_blocks(a["strength"], setting.quantile) if setting.mode in mask.USES_BLOCKS else None
+        keep = mask.keep_mask(setting.mode, grid, blocks).ravel()
+        bits = mask.encode_blocks(entropy.Encoder(), blocks) if blocks is not None else 0.0
+        cache = a.setdefault("estimates", {}).setdefault(k, {})
+        twin = self.model.prior.float_twin()
+        ctx = np.full(tokens.size, k, dtype=np.int64)
+        flat = tokens.ravel()
+        for s, pos in enumerate(schedule.stage_positions(*grid)):
+            sel = keep[pos]
+            if not sel.any():
+                continue
+            key = (s, hashlib.sha1(ctx.tobytes()).digest())
+            if key not in cache:
+                where = np.zeros(tokens.size, dtype=bool)
+                where[pos] = True
+                t = torch.from_numpy(ctx.reshape(1, *grid)).to(self.device)
+                logp = torch.log_softmax(twin(t, k, torch.from_numpy(where.reshape(1, *grid)).to(self.device)).float(), -1)
+                p = logp.gather(1, torch.from_numpy(flat[pos]).to(self.device)[:, None])[:, 0].exp()
+                # as the integer tables: every symbol keeps at least 1 of 2**20
+                floor = 2.0 ** -COUNT_BITS
+                cache[key] = (-torch.log2(p * (1 - k * floor) + floor)).cpu().numpy()
+            bits += float(cache[key][sel].sum())
+            kept = pos[sel]
+            ctx[kept] = flat[kept]
+        w, h = a["size"]
+        header = Header(w, h, self.model.model_id, k, setting.mode, 0,
+                        schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID)
+        fixed = len(container.pack(Container(header, b"")))
+        return fixed + 4 * np.ceil(bits * 1.002 / 32)
 
     # ------------------------------------------------------------------ decoding
     def read(self, data: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Container:

@@ -324,6 +324,45 @@ class ExactPrior:
         feats = self.hidden(tokens, k).reshape(-1, self.cfg.dim)[positions.to(self.device)]
         return self.logits(feats, k).cpu()
 
+    def float_twin(self) -> Prior:
+        """A float Prior with the dequantised weights: close to, but not bit-identical with,
+        this evaluation. Rate control uses it only to estimate file sizes; files are always
+        coded with the exact tables."""
+        if getattr(self, "_twin", None) is None:
+            cfg, t = self.cfg, {n: v.cpu().double() for n, v in self.t.items()}
+            twin = Prior(cfg)
+            hd = cfg.dim // cfg.heads
+
+            def lin(mod, name, out_scale=None):
+                w = (t[f"{name}.w"] * t[f"{name}.m"] / (1 << SCALE_SHIFT)).t()
+                b = t[f"{name}.b"] / (1 << ACT_BITS)
+                if out_scale is not None:
+                    w, b = w * out_scale[:, None], b * out_scale
+                mod.weight.copy_(w)
+                mod.bias.copy_(b)
+
+            def ln(mod, name):
+                mod.weight.copy_(t[f"{name}.g"] / (1 << GAMMA_BITS))
+                mod.bias.copy_(t[f"{name}.b"] / (1 << ACT_BITS))
+
+            with torch.no_grad():
+                for k in cfg.codebooks:
+                    twin.emb[str(k)].weight.copy_(t[f"emb.{k}"] / (1 << ACT_BITS))
+                    lin(twin.head[str(k)], f"head.{k}")
+                unscale = torch.ones(3 * cfg.dim, dtype=torch.float64)
+                unscale[:cfg.dim] = hd ** 0.5  # the exact model folds 1/sqrt(hd) into q
+                for i, blk in enumerate(twin.blocks):
+                    ln(blk.ln1, f"b{i}.ln1")
+                    lin(blk.qkv, f"b{i}.qkv", unscale)
+                    blk.rel.copy_(t[f"b{i}.rel"] / (1 << ACT_BITS))
+                    lin(blk.proj, f"b{i}.proj")
+                    ln(blk.ln2, f"b{i}.ln2")
+                    lin(blk.fc1, f"b{i}.fc1")
+                    lin(blk.fc2, f"b{i}.fc2")
+                ln(twin.ln_out, "ln_out")
+            self._twin = twin.eval().to(self.device)
+        return self._twin
+
     def counts(self, tokens: torch.Tensor, k: int, positions: torch.Tensor) -> torch.Tensor:
         """Integer count tables (N,K) for the flat positions given, from one forward pass."""
         return counts_from_logits(self.logits_at(tokens, k, positions), self.exp.cpu())
