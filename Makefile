@@ -4,9 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data/train
 KODAK ?= ../shared/data/kodak
+PRIOR_MINUTES ?= 110
 IMG ?= $(shell $(BIN)/python -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))" 2>/dev/null)
 
-.PHONY: setup demo test bench eval train-tokenizer train-ladder train-prior export clean
+.PHONY: setup demo test bench eval eval-modes train-tokenizer train-ladder train-prior fit-quality export clean
 
 $(BIN)/tokc: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +31,12 @@ eval: setup
 	mkdir -p out
 	$(BIN)/python -m tokcodec.evaluate --data $(KODAK) --sections tokenizer,prior --markdown out/eval.md
 
+eval-modes: setup
+	$(BIN)/pip install -q -e ".[bench]"
+	mkdir -p out
+	$(BIN)/python -m tokcodec.evaluate --data $(KODAK) --sections modes,edge --targets 0.005,0.01,0.02,0.03 \
+		--ssimulacra2 --json out/eval-modes.json --markdown out/eval-modes.md --figure docs/edge-vs-checkerboard.png
+
 bench: setup
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m tokcodec.bench --data $(KODAK)
@@ -42,7 +49,11 @@ train-ladder: setup
 
 train-prior: setup
 	cd src && ../$(BIN)/python -m tokcodec.train tokens --ckpt ../runs/tok/ladder.pt --data ../$(DATA) --out ../runs/tokens.pt
-	cd src && ../$(BIN)/python -m tokcodec.train prior --tokens ../runs/tokens.pt --out ../runs/prior --resume
+	cd src && ../$(BIN)/python -m tokcodec.train prior --tokens ../runs/tokens.pt --out ../runs/prior \
+		--tokenizer ../runs/tok/ladder.pt --minutes $(PRIOR_MINUTES) --resume
+
+fit-quality: setup
+	$(BIN)/python -m tokcodec.train quality --data $(DATA)
 
 export: setup
 	cd src && ../$(BIN)/python -m tokcodec.train export --tokenizer ../runs/tok/ladder.pt --prior ../runs/prior/last.pt --out ../weights/tokc.safetensors

@@ -217,6 +217,31 @@ def eval_modes(codec: Codec, files, targets, modes, ssim2: bool) -> dict:
     return {"summary": summary, "per_image": per_image}
 
 
+def edge_figure(codec: Codec, f: Path, k: int, out: Path) -> None:
+    """Original, checkerboard and edge_more at no more bytes (K fixed), temperature 0 and 1."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    img = load_image(f)
+    a = codec.analyse(img)
+    cb = codec.encode_setting(a, Setting(k, "checkerboard"))
+    em = codec.encode_analysed(a, len(cb.data), codebook=k, mode="edge_more")
+    w, h = img.size
+    panels = [("original", img)]
+    for name, r in (("checkerboard", cb), (f"edge_more q={em.setting.quantile:.2f}", em)):
+        for t in (0.0, 1.0):
+            panels.append((f"{name}, {len(r.data)} B, t={t:g}", codec.decode(r.data, seed=1, temperature=t)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (title, im) in zip(axes, panels):
+        ax.imshow(np.asarray(im))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{f.stem}, K={k}: the same bytes spent uniformly or on edges", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
 def eval_edge(codec: Codec, files, ssim2: bool) -> dict:
     """Checkerboard against edge_more at no more bytes, per K, same images."""
     score = Scorer(codec, ssim2)
@@ -312,6 +337,8 @@ def main(argv=None) -> None:
     ap.add_argument("--modes", default=None, help="modes section: which mask modes "
                     "(default entire,edge,edge_more,checkerboard)")
     ap.add_argument("--ssimulacra2", action="store_true", help="also compute SSIMULACRA2 (slow)")
+    ap.add_argument("--figure", default=None, help="edge section: also draw kodim23 (or the first "
+                    "image) at K=256 to this PNG")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = ap.parse_args(argv)
@@ -341,6 +368,10 @@ def main(argv=None) -> None:
         result["modes"] = eval_modes(codec, files, targets, modes, args.ssimulacra2)
     if "edge" in sections:
         result["edge"] = eval_edge(codec, files, args.ssimulacra2)
+        if args.figure:
+            pick = next((f for f in files if f.stem == "kodim23"), files[0])
+            edge_figure(codec, pick, 256 if 256 in codec.model.codebooks else codec.model.codebooks[0],
+                        Path(args.figure))
     if "rate" in sections:
         result["rate"] = eval_rate(codec, files, targets, ssim2=args.ssimulacra2)
         print(json.dumps(result["rate"]["summary"], indent=1), flush=True)
