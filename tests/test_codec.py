@@ -5,7 +5,7 @@ import pytest
 
 from tiny import photo
 from tokcodec import schedule
-from tokcodec.codec import Codec, CodecError, Setting, describe, expected_quality
+from tokcodec.codec import Codec, CodecError, Setting, describe
 from tokcodec.container import unpack
 
 GOLDEN = "golden_edge_k64.tkc"
@@ -118,7 +118,7 @@ def test_estimated_rate_control_picks_what_exact_search_picks(codec, nbytes):
     img = photo(320, 224, seed=4)
     got = codec.encode(img, nbytes=nbytes)
     a = codec.analyse(img)
-    groups = sorted(codec.groups(None, None, None), key=lambda g: -expected_quality(g[-1]))
-    want = codec._search(groups, lambda s: len(codec.encode_setting(a, s).data) <= nbytes)
+    groups = sorted(codec.groups(None, None, None), key=lambda g: -codec.expected_quality(g[-1]))
+    want = codec.search(groups, lambda s: len(codec.encode_setting(a, s).data) <= nbytes)
     assert got.setting == want
     assert len(got.data) <= nbytes

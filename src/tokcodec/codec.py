@@ -48,12 +48,28 @@ class Setting:
 # mode, and for the edge modes per edge-block share (QUALITY_QUANTILES, interpolated between),
 # measured on training photos (never Kodak) by `python -m tokcodec.train quality`.
 QUALITY_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9)
-QUALITY: dict[int, dict[str, list[float]]] = {}
+# Measured for model 703cb306 on 24 training photos (temperature 0); other weights fall back
+# to a rough model unless they carry their own table.
+QUALITY_MODEL = "703cb306"
+QUALITY: dict[int, dict[str, list[float]]] = {
+    1024: {"entire": [22.53], "checkerboard": [18.16],
+           "edge": [18.16, 19.97, 21.29, 22.17, 22.44],
+           "edge_more": [14.17, 16.96, 19.2, 21.42, 22.26]},
+    256: {"entire": [21.83], "checkerboard": [17.99],
+           "edge": [17.99, 19.67, 20.74, 21.52, 21.76],
+           "edge_more": [14.4, 16.94, 18.91, 20.9, 21.64]},
+    64: {"entire": [20.9], "checkerboard": [17.62],
+           "edge": [17.62, 19.07, 19.98, 20.64, 20.83],
+           "edge_more": [14.09, 16.46, 18.36, 20.12, 20.72]},
+    16: {"entire": [19.75], "checkerboard": [17.26],
+           "edge": [17.26, 18.31, 19.01, 19.51, 19.67],
+           "edge_more": [14.19, 16.12, 17.61, 19.08, 19.57]},
+}
 
 
-def expected_quality(s: Setting) -> float:
+def expected_quality(s: Setting, table: dict | None = None) -> float:
     """Rate control's estimate of decoded quality in dB (higher is better)."""
-    row = QUALITY.get(s.codebook, {}).get(s.mode)
+    row = (table or {}).get(s.codebook, {}).get(s.mode)
     if row is None:  # a model without a measured table: a rough prior by share and K
         dropped = 1.0 - s.kept_share
         base = {16: 19.4, 64: 20.7, 256: 21.7, 1024: 22.4}.get(s.codebook, 10 * np.log10(s.codebook) / 3 + 18)
@@ -106,6 +122,10 @@ class Codec:
         self.device = _device(device)
         self.model: Model = load(weights, self.device)
         self.stage_cache: dict = {}
+        self.quality = QUALITY if self.model.model_id.hex() == QUALITY_MODEL else {}
+
+    def expected_quality(self, s: Setting) -> float:
+        return expected_quality(s, self.quality)
 
     # ------------------------------------------------------------------ analysis
     @torch.no_grad()
@@ -220,7 +240,7 @@ class Codec:
         are coded exactly. The margin is far larger than the estimate's error, so the decisions
         are those of exact sizes, and the returned file is always an exact encode that fits."""
         w, h = a["size"]
-        groups = sorted(self.groups(codebook, mode, quantile), key=lambda g: -expected_quality(g[-1]))
+        groups = sorted(self.groups(codebook, mode, quantile), key=lambda g: -self.expected_quality(g[-1]))
         if budget is None:
             return self.encode_setting(a, groups[0][-1])
         tried: dict[Setting, EncodeResult] = {}
@@ -240,7 +260,7 @@ class Codec:
             return len(exact(s).data) <= budget
 
         for fit_test in (fits, lambda s: len(exact(s).data) <= budget):
-            best = self._search(groups, fit_test)
+            best = self.search(groups, fit_test)
             if best is None:
                 break
             r = exact(best)
@@ -254,11 +274,12 @@ class Codec:
                          f"for this image; the smallest setting gives {got:.4f} bpp "
                          f"({len(smallest.data)} bytes)")
 
-    @staticmethod
-    def _search(groups: list[list[Setting]], fits) -> Setting | None:
+    def search(self, groups: list[list[Setting]], fits) -> Setting | None:
+        """The setting of highest expected quality that `fits`, groups in order of their best."""
+        eq = self.expected_quality
         best = None
         for g in groups:  # best upper bound first; stop once no group can beat the best found
-            if best is not None and expected_quality(g[-1]) <= expected_quality(best):
+            if best is not None and eq(g[-1]) <= eq(best):
                 break
             lo, hi, fit = 0, len(g) - 1, None
             while lo <= hi:  # largest edge-block share that fits
@@ -267,7 +288,7 @@ class Codec:
                     fit, lo = g[mid], mid + 1
                 else:
                     hi = mid - 1
-            if fit is not None and (best is None or expected_quality(fit) > expected_quality(best)):
+            if fit is not None and (best is None or eq(fit) > eq(best)):
                 best = fit
         return best
 
