@@ -58,6 +58,9 @@ def run_guarded(fn):
         raise
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except BrokenPipeError:  # the reader went away (`tokc info f.tkc | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except DATA_ERRORS as e:
         fail(str(e) or type(e).__name__)
     except MemoryError:

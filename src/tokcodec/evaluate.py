@@ -260,6 +260,27 @@ def eval_edge(codec: Codec, files, ssim2: bool) -> dict:
     return {"summary": {k: {m: _summary(v, 0) for m, v in d.items()} for k, d in rows.items()}}
 
 
+def eval_edge_choice(codec: Codec, files, ssim2: bool, ks=(256, 1024), quantile: float = 0.5) -> dict:
+    """Mode edge at a fixed K and edge share, with the extra blocks chosen by edge strength
+    (what tokc does) or at random (same count, seeded): does choosing edges pay?"""
+    score = Scorer(codec, ssim2)
+    rng = np.random.default_rng(0)
+    rows = {k: {"edge blocks": [], "random blocks": []} for k in ks if k in codec.model.codebooks}
+    for f in files:
+        img = load_image(f)
+        w, h = img.size
+        a = codec.analyse(img)
+        rand = dict(a, strength=rng.random(a["strength"].shape), counts={}, estimates={})
+        score.memo.clear()
+        for k in rows:
+            for name, an in (("edge blocks", a), ("random blocks", rand)):
+                r = codec.encode_setting(an, Setting(k, "edge", quantile))
+                rows[k][name].append(_setting_row(r, w, h) | score(img, r.data))
+        print(f"edge choice: {f.stem} done", flush=True)
+    return {"quantile": quantile,
+            "summary": {k: {m: _summary(v, 0) for m, v in d.items()} for k, d in rows.items()}}
+
+
 def markdown(result: dict) -> str:
     """Tables of a result dict, as they appear in weights/README.md."""
     out = [f"Model `{result['model_id']}`, {len(result['images'])} images.", ""]
@@ -310,6 +331,17 @@ def markdown(result: dict) -> str:
         for k, d in sorted(result["edge"]["summary"].items(), key=lambda kv: int(kv[0])):
             for m, v in d.items():
                 out.append(f"| {k} | {m} | {v['bpp']:.4f} | {v['kept']:.2f} | " + " | ".join(
+                    _fmt(v, f"{name}_t{tt}") for tt in ("0", "1") for name in ("psnr", "ms_ssim", "ssimulacra2"))
+                    + f" | {v['n']} |")
+    if "edge_choice" in result:
+        q = result["edge_choice"]["quantile"]
+        out += ["", f"Choosing the blocks: mode edge with a {q:.0%} block share, blocks chosen by edge "
+                "strength or at random (same count; any block map is a valid file):", "",
+                "| K | blocks | real bpp | PSNR t=0 | MS-SSIM t=0 | SSIMULACRA2 t=0 | PSNR t=1 | MS-SSIM t=1 | "
+                "SSIMULACRA2 t=1 | n |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for k, d in sorted(result["edge_choice"]["summary"].items(), key=lambda kv: int(kv[0])):
+            for m, v in d.items():
+                out.append(f"| {k} | {m} | {v['bpp']:.4f} | " + " | ".join(
                     _fmt(v, f"{name}_t{tt}") for tt in ("0", "1") for name in ("psnr", "ms_ssim", "ssimulacra2"))
                     + f" | {v['n']} |")
     return "\n".join(out) + "\n"
@@ -372,6 +404,8 @@ def main(argv=None) -> None:
             pick = next((f for f in files if f.stem == "kodim23"), files[0])
             edge_figure(codec, pick, 256 if 256 in codec.model.codebooks else codec.model.codebooks[0],
                         Path(args.figure))
+    if "edgechoice" in sections:
+        result["edge_choice"] = eval_edge_choice(codec, files, args.ssimulacra2)
     if "rate" in sections:
         result["rate"] = eval_rate(codec, files, targets, ssim2=args.ssimulacra2)
         print(json.dumps(result["rate"]["summary"], indent=1), flush=True)
