@@ -325,26 +325,25 @@ def markdown(result: dict) -> str:
     if "edge" in result:
         out += ["", "Edge preservation at equal rate: per K, plain checkerboard (half the tokens, "
                 "uniformly) against edge_more (stage 0 plus edge blocks) at the largest edge share "
-                "whose file is no bigger; temperature 0 and 1:", "",
-                "| K | mask | real bpp | kept share | PSNR t=0 | MS-SSIM t=0 | SSIMULACRA2 t=0 | "
-                "PSNR t=1 | MS-SSIM t=1 | SSIMULACRA2 t=1 | n |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for k, d in sorted(result["edge"]["summary"].items(), key=lambda kv: int(kv[0])):
-            for m, v in d.items():
-                out.append(f"| {k} | {m} | {v['bpp']:.4f} | {v['kept']:.2f} | " + " | ".join(
-                    _fmt(v, f"{name}_t{tt}") for tt in ("0", "1") for name in ("psnr", "ms_ssim", "ssimulacra2"))
-                    + f" | {v['n']} |")
+                "whose file is no bigger; temperature 0 and 1:", ""]
+        out += _per_k_table(result["edge"]["summary"], "mask")
     if "edge_choice" in result:
         q = result["edge_choice"]["quantile"]
         out += ["", f"Choosing the blocks: mode edge with a {q:.0%} block share, blocks chosen by edge "
-                "strength or at random (same count; any block map is a valid file):", "",
-                "| K | blocks | real bpp | PSNR t=0 | MS-SSIM t=0 | SSIMULACRA2 t=0 | PSNR t=1 | MS-SSIM t=1 | "
-                "SSIMULACRA2 t=1 | n |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for k, d in sorted(result["edge_choice"]["summary"].items(), key=lambda kv: int(kv[0])):
-            for m, v in d.items():
-                out.append(f"| {k} | {m} | {v['bpp']:.4f} | " + " | ".join(
-                    _fmt(v, f"{name}_t{tt}") for tt in ("0", "1") for name in ("psnr", "ms_ssim", "ssimulacra2"))
-                    + f" | {v['n']} |")
+                "strength or at random (same count; any block map is a valid file):", ""]
+        out += _per_k_table(result["edge_choice"]["summary"], "blocks")
     return "\n".join(out) + "\n"
+
+
+def _per_k_table(summary: dict, what: str) -> list[str]:
+    out = [f"| K | {what} | real bpp | kept share | PSNR t=0 | MS-SSIM t=0 | SSIMULACRA2 t=0 | "
+           "PSNR t=1 | MS-SSIM t=1 | SSIMULACRA2 t=1 | n |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, d in sorted(summary.items(), key=lambda kv: int(kv[0])):
+        for m, v in d.items():
+            out.append(f"| {k} | {m} | {v['bpp']:.4f} | {v['kept']:.2f} | " + " | ".join(
+                _fmt(v, f"{name}_t{tt}") for tt in ("0", "1") for name in ("psnr", "ms_ssim", "ssimulacra2"))
+                + f" | {v['n']} |")
+    return out
 
 
 def _fmt(v: dict, key: str) -> str:
