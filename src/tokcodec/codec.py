@@ -121,7 +121,6 @@ class Codec:
     def __init__(self, weights: str | None = None, device: str = "auto"):
         self.device = _device(device)
         self.model: Model = load(weights, self.device)
-        self.stage_cache: dict = {}
         self.quality = QUALITY if self.model.model_id.hex() == QUALITY_MODEL else {}
 
     def expected_quality(self, s: Setting) -> float:
@@ -147,10 +146,13 @@ class Codec:
     def _stage_counts(self, ctx: np.ndarray, k: int, positions: np.ndarray) -> torch.Tensor:
         return self.model.prior.counts(torch.from_numpy(ctx), k, torch.from_numpy(positions))
 
-    def _code_stages(self, grid, k, keep, step, cache=None):
-        """Run the stage loop shared by encoder and decoder. `step(positions, counts)` returns
-        the tokens at `positions`. The encoder passes `cache`, keyed by stage and context, so
-        rate-control trials only run the network where a setting changes a stage's context."""
+    def _code_stages(self, grid, k, keep, step, cache=None, tables=None):
+        """Run the stage loop shared by encoder, decoder and size estimate. `step(positions,
+        tables)` returns the tokens at `positions`; `tables(ctx, k, positions)` (default: the
+        exact count tables) gives one row per position. The encoder passes `cache`, keyed by
+        stage and context, so rate-control trials only run the network where a setting changes
+        a stage's context."""
+        tables = tables or self._stage_counts
         h, w = grid
         ctx = np.full(h * w, k, dtype=np.int64)
         keep_flat = keep.ravel()
@@ -159,23 +161,27 @@ class Codec:
             kept = pos[keep_flat[pos]]
             if kept.size:
                 if cache is None:  # decoder: tables for the kept positions only
-                    counts = self._stage_counts(ctx.reshape(h, w), k, kept)
+                    counts = tables(ctx.reshape(h, w), k, kept)
                 else:  # encoder: whole-stage tables, reusable by settings that keep other tokens
                     key = (s, hashlib.sha1(ctx.tobytes()).digest())
                     if key not in cache:
-                        cache[key] = self._stage_counts(ctx.reshape(h, w), k, pos)
+                        cache[key] = tables(ctx.reshape(h, w), k, pos)
                     counts = cache[key][torch.from_numpy(np.searchsorted(pos, kept))]
                 toks = step(kept, counts)
                 ctx[kept] = toks
                 coded.append(toks)
         return ctx, coded
 
+    def _mask(self, a: dict, setting: Setting, grid) -> tuple[np.ndarray | None, np.ndarray]:
+        """Edge-block map (edge modes) and keep mask of a setting."""
+        blocks = mask.select_blocks(a["strength"], setting.quantile) if setting.mode in mask.USES_BLOCKS else None
+        return blocks, mask.keep_mask(setting.mode, grid, blocks)
+
     def encode_setting(self, a: dict, setting: Setting) -> EncodeResult:
         k = setting.codebook
         tokens = self.tokens_for(a, k)
         grid = tokens.shape
-        blocks = mask.select_blocks(a["strength"], setting.quantile) if setting.mode in mask.USES_BLOCKS else None
-        keep = mask.keep_mask(setting.mode, grid, blocks)
+        blocks, keep = self._mask(a, setting, grid)
         enc = entropy.Encoder()
         mask_bits = mask.encode_blocks(enc, blocks) if blocks is not None else 0.0
         info = [0.0]
@@ -267,8 +273,8 @@ class Codec:
             if len(r.data) <= budget:
                 return r
             # an estimate was off by more than the margin: search again on exact sizes only
-        probes = [exact(g[0]) for g in groups] if not tried else list(tried.values())
-        smallest = min(probes, key=lambda r: len(r.data))
+        # nothing fits: name the smallest setting (by estimate; its size is exact)
+        smallest = exact(min((g[0] for g in groups), key=lambda s: self.estimate_bytes(a, s)))
         got = 8 * len(smallest.data) / (w * h)
         raise CodecError(f"target {8 * budget / (w * h):.4f} bpp ({budget} bytes) cannot be reached "
                          f"for this image; the smallest setting gives {got:.4f} bpp "
@@ -300,35 +306,31 @@ class Codec:
         k = setting.codebook
         tokens = self.tokens_for(a, k)
         grid = tokens.shape
-        blocks = mask.select_blocks(a["strength"], setting.quantile) if setting.mode in mask.USES_BLOCKS else None
-        keep = mask.keep_mask(setting.mode, grid, blocks).ravel()
-        bits = mask.encode_blocks(entropy.Encoder(), blocks) if blocks is not None else 0.0
-        cache = a.setdefault("estimates", {}).setdefault(k, {})
+        blocks, keep = self._mask(a, setting, grid)
+        bits = [mask.encode_blocks(entropy.Encoder(), blocks) if blocks is not None else 0.0]
         twin = self.model.prior.float_twin()
-        ctx = np.full(tokens.size, k, dtype=np.int64)
         flat = tokens.ravel()
-        for s, pos in enumerate(schedule.stage_positions(*grid)):
-            sel = keep[pos]
-            if not sel.any():
-                continue
-            key = (s, hashlib.sha1(ctx.tobytes()).digest())
-            if key not in cache:
-                where = np.zeros(tokens.size, dtype=bool)
-                where[pos] = True
-                t = torch.from_numpy(ctx.reshape(1, *grid)).to(self.device)
-                logp = torch.log_softmax(twin(t, k, torch.from_numpy(where.reshape(1, *grid)).to(self.device)).float(), -1)
-                p = logp.gather(1, torch.from_numpy(flat[pos]).to(self.device)[:, None])[:, 0].exp()
-                # as the integer tables: every symbol keeps at least 1 of 2**20
-                floor = 2.0 ** -COUNT_BITS
-                cache[key] = (-torch.log2(p * (1 - k * floor) + floor)).cpu().numpy()
-            bits += float(cache[key][sel].sum())
-            kept = pos[sel]
-            ctx[kept] = flat[kept]
+        floor = 2.0 ** -COUNT_BITS  # as the integer tables: every symbol keeps 1 of 2**20
+
+        def token_bits(ctx, k, pos):  # -log2 p(true token) at each position (sorted, flat)
+            where = np.zeros(ctx.size, dtype=bool)
+            where[pos] = True
+            logits = twin(torch.from_numpy(ctx)[None].to(self.device), k,
+                          torch.from_numpy(where.reshape(ctx.shape))[None].to(self.device))
+            logp = torch.log_softmax(logits.float(), -1)
+            p = logp.gather(1, torch.from_numpy(flat[pos]).to(self.device)[:, None])[:, 0].exp()
+            return (-torch.log2(p * (1 - k * floor) + floor)).cpu()
+
+        def step(pos, b):
+            bits[0] += float(b.sum())
+            return flat[pos]
+
+        self._code_stages(grid, k, keep, step, a.setdefault("estimates", {}).setdefault(k, {}), token_bits)
         w, h = a["size"]
         header = Header(w, h, self.model.model_id, k, setting.mode, 0,
                         schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID)
         fixed = len(container.pack(Container(header, b"")))
-        return fixed + 4 * np.ceil(bits * 1.002 / 32)
+        return fixed + 4 * np.ceil(bits[0] * 1.002 / 32)
 
     # ------------------------------------------------------------------ decoding
     def read(self, data: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Container:

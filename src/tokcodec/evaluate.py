@@ -117,43 +117,6 @@ def eval_prior(codec: Codec, files, unigram) -> dict:
     return {"summary": summary, "per_image": per_image}
 
 
-def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0), mode: str | None = None,
-              ssim2: bool = False) -> dict:
-    per_image, summary = {}, {}
-    if ssim2:
-        from .bench import ssimulacra2_score
-    for bpp in targets:
-        rows = []
-        for f in files:
-            img = load_image(f)
-            w, h = img.size
-            t0 = time.perf_counter()
-            try:
-                r = codec.encode(img, bpp, mode=mode)
-            except Exception as e:  # unreachable target: record it
-                per_image.setdefault(f.stem, {})[bpp] = {"error": str(e)}
-                continue
-            enc_s = time.perf_counter() - t0
-            row = {"bpp": 8 * len(r.data) / (w * h), "bytes": len(r.data), "K": r.setting.codebook,
-                   "mode": r.setting.mode, "quantile": r.setting.quantile, "kept": r.tokens_kept / r.tokens_total,
-                   "encode_seconds": enc_s}
-            for t in temperatures:
-                t0 = time.perf_counter()
-                out = codec.decode(r.data, seed=1, temperature=t)
-                row[f"decode_seconds_t{t:g}"] = time.perf_counter() - t0
-                for name, v in compare(img, out).items():
-                    row[f"{name}_t{t:g}"] = v
-                if ssim2:
-                    row[f"ssimulacra2_t{t:g}"] = ssimulacra2_score(img, out)
-            per_image.setdefault(f.stem, {})[bpp] = row
-            rows.append(row)
-        if rows:
-            summary[bpp] = {key: mean([r[key] for r in rows]) for key in rows[0]
-                            if isinstance(rows[0][key], (int, float)) and not isinstance(rows[0][key], bool)}
-            summary[bpp]["n"] = len(rows)
-    return {"summary": summary, "per_image": per_image}
-
-
 class Scorer:
     """Decode files at temperature 0 and 1 and score them; identical files are scored once."""
 
@@ -189,6 +152,28 @@ def _summary(rows: list[dict], unreachable: int) -> dict:
            if isinstance(rows[0][key], (int, float)) and not isinstance(rows[0][key], bool)} if rows else {}
     out["n"], out["unreachable"] = len(rows), unreachable
     return out
+
+
+def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0), ssim2: bool = False) -> dict:
+    """Rate control at each target (whole encode timed), decoded at each temperature."""
+    score = Scorer(codec, ssim2, temperatures)
+    per_image, rows = {}, {t: [] for t in targets}
+    for f in files:
+        img = load_image(f)
+        w, h = img.size
+        score.memo.clear()
+        for bpp in targets:
+            t0 = time.perf_counter()
+            try:
+                r = codec.encode(img, bpp)
+            except Exception as e:  # unreachable target: record it
+                per_image.setdefault(f.stem, {})[bpp] = {"error": str(e)}
+                continue
+            row = _setting_row(r, w, h) | {"encode_seconds": time.perf_counter() - t0} | score(img, r.data)
+            per_image.setdefault(f.stem, {})[bpp] = row
+            rows[bpp].append(row)
+    summary = {t: _summary(v, len(files) - len(v)) for t, v in rows.items() if v}
+    return {"summary": summary, "per_image": per_image}
 
 
 def eval_modes(codec: Codec, files, targets, modes, ssim2: bool) -> dict:

@@ -254,6 +254,7 @@ class ExactPrior:
         self.t = {k: v.to(self.device, torch.int64) for k, v in tensors.items()}
         self.exp = exp_table().to(self.device)
         self.rel_idx = rel_index(cfg.window).to(self.device)
+        self._twin: Prior | None = None  # float_twin(), built on first use
 
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         t = self.t
@@ -328,7 +329,7 @@ class ExactPrior:
         """A float Prior with the dequantised weights: close to, but not bit-identical with,
         this evaluation. Rate control uses it only to estimate file sizes; files are always
         coded with the exact tables."""
-        if getattr(self, "_twin", None) is None:
+        if self._twin is None:
             cfg, t = self.cfg, {n: v.cpu().double() for n, v in self.t.items()}
             twin = Prior(cfg)
             hd = cfg.dim // cfg.heads

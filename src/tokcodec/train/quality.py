@@ -18,12 +18,8 @@ import torch
 
 from ..codec import QUALITY_QUANTILES, Codec, Setting
 from ..imageio import load_image
+from ..metrics import image_to_tensor, psnr
 from .data import list_images
-
-
-def _psnr(a, b) -> float:
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
 
 
 def fit(args) -> None:
@@ -34,6 +30,7 @@ def fit(args) -> None:
     table = {k: {"entire": [], "checkerboard": [], "edge": [], "edge_more": []} for k in codec.model.codebooks}
     for n, f in enumerate(files):
         img = load_image(f)
+        ref = image_to_tensor(img)
         a = codec.analyse(img)
         for k in codec.model.codebooks:
             for mode in table[k]:
@@ -41,7 +38,7 @@ def fit(args) -> None:
                 row = []
                 for q in qs:
                     r = codec.encode_setting(a, Setting(k, mode, q))
-                    row.append(_psnr(img, codec.decode(r.data)))
+                    row.append(psnr(ref, image_to_tensor(codec.decode(r.data))))
                 table[k][mode].append(row)
         print(f"{n + 1}/{len(files)} {f.name}", flush=True)
     out = {}
