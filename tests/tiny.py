@@ -8,7 +8,7 @@ from PIL import Image
 
 from tokcodec.prior import Prior, PriorConfig, quantize
 from tokcodec.tokenizer import Tokenizer, TokenizerConfig
-from tokcodec.weights import save
+from tokcodec.weights import model_id, bitstream_tensors, save, save_decoder
 
 TOK_CFG = TokenizerConfig(code_dim=4, widths=(8, 8, 16), enc_blocks=(1, 1, 1), dec_blocks=(1, 1, 1),
                           codebooks=(64, 16))
@@ -33,3 +33,17 @@ def photo(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
     b = np.where((x - w / 2) ** 2 + (y - h / 2) ** 2 < (min(w, h) / 3) ** 2, 230.0, 30.0)
     arr = np.stack([r, g, b], -1) + rng.normal(0, 8, (h, w, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def make_decoder(folder, seed: int = 0, model: bytes | None = None) -> None:
+    """A realism-conditioned decoder file for the tiny model in `folder` (FiLM and noise
+    weights non-zero, so realism changes the pixels)."""
+    from safetensors.torch import load_file
+    torch.manual_seed(seed)
+    tok = Tokenizer(TokenizerConfig(**{**TOK_CFG.to_dict(), "realism_dim": 8}))
+    for name, p in tok.decoder.named_parameters():
+        if "film" in name or "noise_scale" in name:
+            p.data.normal_(0, 0.3)
+    if model is None:
+        model = model_id(bitstream_tensors(load_file(str(folder / "tokc.safetensors"))))
+    save_decoder(folder / "decoder.safetensors", tok.decoder, tok.cfg, model, {"note": "random test decoder"})

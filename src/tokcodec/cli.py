@@ -180,16 +180,21 @@ def encode(paths, bpp, nbytes, codebook, mode, quantile, force, verbose, output_
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=str)
-@click.option("--seed", type=int, default=0, show_default=True, help="seed for regenerated tokens")
+@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True,
+              help="seed for sampled tokens (temperature > 0) and the realism decoder's noise")
 @click.option("--temperature", "-t", type=click.FloatRange(0, 5), default=0.0, show_default=True,
-              help="0 = most likely tokens (lowest distortion); higher = more texture")
+              help="token sampling for dropped tokens: 0 = most likely (the seed then has no "
+                   "effect); higher = more varied tokens")
+@click.option("--realism", type=click.FloatRange(0, 1), default=None,
+              help="pixel decoder: 0 = fidelity (smooth, lowest distortion), 1 = most realistic "
+                   "texture; default 0.6")
 @click.option("--format", "fmt", type=str, default=None,
               help="output format (png, jpg, webp...) when the name does not tell; batch default png")
 @with_options(batch_opts)
 @weights_opt
 @device_opt
 @maxpix_opt
-def decode(paths, seed, temperature, fmt, output_dir, recursive, overwrite, quiet, weights, device, max_pixels):
+def decode(paths, seed, temperature, realism, fmt, output_dir, recursive, overwrite, quiet, weights, device, max_pixels):
     """Decode .tkc files to images: `tokc decode IN OUT` (- for stdin/stdout; the format
     follows OUT's extension), or `tokc decode FILES|FOLDERS... -o OUTDIR`."""
     single = batch_or_single(paths, output_dir)
@@ -198,7 +203,7 @@ def decode(paths, seed, temperature, fmt, output_dir, recursive, overwrite, quie
         from .codec import get_codec
         from .container import unpack
         unpack(data, max_pixels)  # reject damaged files before loading the model
-        img = get_codec(weights, device).decode(data, seed, temperature, max_pixels)
+        img = get_codec(weights, device).decode(data, seed, temperature, max_pixels, realism)
         return image_bytes(img, target)
 
     if single:

@@ -51,6 +51,9 @@ QUALITY_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9)
 # Measured for model 703cb306 on 24 training photos (temperature 0); other weights fall back
 # to a rough model unless they carry their own table.
 QUALITY_MODEL = "703cb306"
+
+# Realism used when the caller gives none (see README, "Realism"): chosen on training photos.
+DEFAULT_REALISM = 0.6
 QUALITY: dict[int, dict[str, list[float]]] = {
     1024: {"entire": [22.53], "checkerboard": [18.16],
            "edge": [18.16, 19.97, 21.29, 22.17, 22.44],
@@ -121,7 +124,8 @@ class Codec:
     def __init__(self, weights: str | None = None, device: str = "auto"):
         self.device = _device(device)
         self.model: Model = load(weights, self.device)
-        self.quality = QUALITY if self.model.model_id.hex() == QUALITY_MODEL else {}
+        ids = (self.model.model_id.hex(), self.model.legacy_id.hex())
+        self.quality = QUALITY if QUALITY_MODEL in ids else {}
 
     def expected_quality(self, s: Setting) -> float:
         return expected_quality(s, self.quality)
@@ -336,7 +340,7 @@ class Codec:
     def read(self, data: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Container:
         c = container.unpack(data, max_pixels)
         hd = c.header
-        if hd.model_id != self.model.model_id:
+        if not self.model.accepts(hd.model_id):
             raise CodecError(f"file was made with model {hd.model_id.hex()}, but the loaded weights "
                              f"are model {self.model.model_id.hex()}; decode with matching weights "
                              "(--weights or TOKC_WEIGHTS)")
@@ -386,19 +390,39 @@ class Codec:
         return out.reshape(h, w)
 
     @torch.no_grad()
-    def render(self, tokens: np.ndarray, k: int, size: tuple[int, int]) -> Image.Image:
+    def render(self, tokens: np.ndarray, k: int, size: tuple[int, int], realism: float = 0.0,
+               seed: int = 0) -> Image.Image:
+        """Pixels from a full token grid. With a realism-conditioned decoder, `realism` in [0, 1]
+        picks the point between fidelity (0) and realism (1); its noise is drawn on the CPU from
+        `seed`, so the same file, seed and realism give the same pixels on a machine."""
         t = torch.from_numpy(tokens)[None].to(self.device)
-        x = self.model.tokenizer.decode(t, k)[0]
+        gen = torch.Generator().manual_seed(seed)
+        x = self.model.tokenizer.decode(t, k, realism, gen)[0]
         arr = (x.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
         w, h = size
         return Image.fromarray(arr[:h, :w])
 
     def decode(self, data: bytes, seed: int = 0, temperature: float = 0.0,
-               max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Image.Image:
+               max_pixels: int = container.DEFAULT_MAX_PIXELS, realism: float | None = None) -> Image.Image:
+        r = self.default_realism if realism is None else check_realism(realism)
         c = self.read(data, max_pixels)
         tokens, keep = self.decode_tokens(c)
         full = self.generate(tokens, keep, c.header.codebook, seed, temperature) if not keep.all() else tokens
-        return self.render(full, c.header.codebook, (c.header.width, c.header.height))
+        return self.render(full, c.header.codebook, (c.header.width, c.header.height), r, seed)
+
+    @property
+    def default_realism(self) -> float:
+        return DEFAULT_REALISM if self.model.realism else 0.0
+
+
+def check_realism(r) -> float:
+    try:
+        r = float(r)
+    except (TypeError, ValueError):
+        raise ValueError(f"realism must be a number in [0, 1], got {r!r}") from None
+    if not 0.0 <= r <= 1.0:
+        raise ValueError(f"realism must be in [0, 1], got {r}")
+    return r
 
 
 def describe(data: bytes) -> dict:
@@ -443,10 +467,12 @@ def encode(image, bpp: float | None = 0.03, *, nbytes: int | None = None, codebo
     return get_codec(weights, device).encode(image, bpp, nbytes, codebook, mode, quantile).data
 
 
-def decode(data: bytes, seed: int = 0, *, temperature: float = 0.0, weights: str | None = None,
-           device: str = "auto") -> Image.Image:
-    """Decode .tkc bytes to a PIL image; `seed` and `temperature` steer regenerated tokens."""
-    return get_codec(weights, device).decode(data, seed, temperature)
+def decode(data: bytes, seed: int = 0, *, temperature: float = 0.0, realism: float | None = None,
+           weights: str | None = None, device: str = "auto") -> Image.Image:
+    """Decode .tkc bytes to a PIL image. `seed` and `temperature` steer regenerated tokens;
+    `realism` in [0, 1] steers the pixel decoder from fidelity (0) to realistic texture (1),
+    default DEFAULT_REALISM."""
+    return get_codec(weights, device).decode(data, seed, temperature, realism=realism)
 
 
 __all__ = ["Codec", "CodecError", "FormatError", "Setting", "encode", "decode", "describe"]

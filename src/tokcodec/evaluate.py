@@ -14,6 +14,11 @@ Sections:
   modes      rate control restricted to each mask mode (--modes), every target, decoded at
              temperature 0 and 1; a mode that cannot reach a target on an image is counted, not
              averaged in.
+  realism    rate control at --targets, each file decoded (temperature 0, seed 1) at every
+             --realism value: PSNR, MS-SSIM, SSIMULACRA2 (--ssimulacra2), butteraugli (when the
+             `butteraugli` program is installed) and the high-frequency energy ratio (median).
+             `--decoder runs/realism/last.pt` scores a training checkpoint instead of the
+             shipped decoder.
   edge       the value of edge preservation at equal rate: for each K, plain checkerboard
              (stages 0+1, half the tokens) against edge_more (stage 0 plus the edge blocks) at the
              largest edge-block share whose file is no bigger than the checkerboard file.
@@ -120,8 +125,8 @@ def eval_prior(codec: Codec, files, unigram) -> dict:
 class Scorer:
     """Decode files at temperature 0 and 1 and score them; identical files are scored once."""
 
-    def __init__(self, codec: Codec, ssim2: bool, temperatures=(0.0, 1.0)):
-        self.codec, self.temperatures, self.memo = codec, temperatures, {}
+    def __init__(self, codec: Codec, ssim2: bool, temperatures=(0.0, 1.0), realism: float = 0.0):
+        self.codec, self.temperatures, self.memo, self.realism = codec, temperatures, {}, realism
         self.ssim2 = None
         if ssim2:
             from .bench import ssimulacra2_score
@@ -132,7 +137,7 @@ class Scorer:
             row = {}
             for t in self.temperatures:
                 t0 = time.perf_counter()
-                out = self.codec.decode(data, seed=1, temperature=t)
+                out = self.codec.decode(data, seed=1, temperature=t, realism=self.realism)
                 row[f"decode_seconds_t{t:g}"] = time.perf_counter() - t0
                 for name, v in compare(img, out).items():
                     row[f"{name}_t{t:g}"] = v
@@ -173,6 +178,63 @@ def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0), ssim2: bool
             per_image.setdefault(f.stem, {})[bpp] = row
             rows[bpp].append(row)
     summary = {t: _summary(v, len(files) - len(v)) for t, v in rows.items() if v}
+    return {"summary": summary, "per_image": per_image}
+
+
+def butteraugli_score(a, b) -> float | None:
+    """Butteraugli distance from the Debian `butteraugli` program, None when it is absent."""
+    import shutil
+    import subprocess
+    import tempfile
+    exe = shutil.which("butteraugli")
+    if not exe:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        pa, pb = Path(d) / "a.png", Path(d) / "b.png"
+        a.save(pa)
+        b.save(pb)
+        out = subprocess.run([exe, str(pa), str(pb)], capture_output=True, text=True, check=False)
+    try:
+        return float(out.stdout.split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def eval_realism(codec: Codec, files, targets, realisms, ssim2: bool) -> dict:
+    """Per target: one rate-controlled file per image, decoded at every realism value."""
+    ssim2_fn = None
+    if ssim2:
+        from .bench import ssimulacra2_score as ssim2_fn
+    per_image, rows = {}, {(t, r): [] for t in targets for r in realisms}
+    for f in files:
+        img = load_image(f)
+        w, h = img.size
+        for bpp in targets:
+            try:
+                res = codec.encode(img, bpp)
+            except CodecError as e:
+                per_image.setdefault(f.stem, {})[str(bpp)] = {"error": str(e)}
+                continue
+            for r in realisms:
+                t0 = time.perf_counter()
+                out = codec.decode(res.data, seed=1, temperature=0.0, realism=r)
+                row = _setting_row(res, w, h) | {"decode_seconds": time.perf_counter() - t0} | compare(img, out)
+                if ssim2_fn:
+                    row["ssimulacra2"] = ssim2_fn(img, out)
+                ba = butteraugli_score(img, out)
+                if ba is not None:
+                    row["butteraugli"] = ba
+                per_image.setdefault(f.stem, {})[f"{bpp}@{r:g}"] = row
+                rows[(bpp, r)].append(row)
+            print(f"{f.stem} {bpp}: " + " ".join(
+                f"r={r:g} {per_image[f.stem][f'{bpp}@{r:g}']['psnr']:.2f}dB "
+                f"hf {per_image[f.stem][f'{bpp}@{r:g}']['hf_ratio']:.3f}" for r in realisms), flush=True)
+    summary = {}
+    for (t, r), v in rows.items():
+        if v:
+            sm = _summary(v, len(files) - len(v))
+            sm["hf_ratio_median"] = float(statistics.median(x["hf_ratio"] for x in v))
+            summary[f"{t}@{r:g}"] = sm
     return {"summary": summary, "per_image": per_image}
 
 
@@ -292,6 +354,18 @@ def markdown(result: dict) -> str:
         for t, v in sorted(result["rate"]["summary"].items(), key=lambda kv: float(kv[0])):
             out.append(f"| {t} | {v['bpp']:.4f} | {v['psnr_t0']:.2f} | {v['ms_ssim_t0']:.4f} | {v['psnr_t1']:.2f} | "
                        f"{v['ms_ssim_t1']:.4f} | {v['kept']:.2f} | {v['encode_seconds']:.1f} | {v['decode_seconds_t0']:.1f} |")
+    if "realism" in result:
+        out += ["", "Realism (rate control at each target, one file per image, decoded at temperature 0, "
+                "seed 1, at each realism r); HF ratio = fine-detail energy of the decoded image over "
+                "the original's (median over images; 1.0 = as much detail as the original):", "",
+                "| target bpp | r | real bpp | PSNR dB | MS-SSIM | SSIMULACRA2 | butteraugli | HF ratio (median) | n |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for key, v in sorted(result["realism"]["summary"].items(),
+                             key=lambda kv: tuple(map(float, kv[0].split("@")))):
+            t, r = key.split("@")
+            ba = f"{v['butteraugli']:.2f}" if v.get("butteraugli") == v.get("butteraugli") and "butteraugli" in v else "n/a"
+            out.append(f"| {t} | {r} | {v['bpp']:.4f} | {v['psnr']:.2f} | {v['ms_ssim']:.4f} | "
+                       f"{_fmt(v, 'ssimulacra2')} | {ba} | {v['hf_ratio_median']:.3f} | {v['n']} |")
     if "modes" in result:
         out += ["", "Rate control restricted to one mask mode (K and edge-block share chosen by rate "
                 "control), decoded at temperature 0 and 1 (seed 1); `n` images reach the target, "
@@ -353,6 +427,9 @@ def main(argv=None) -> None:
     ap.add_argument("--modes", default=None, help="modes section: which mask modes "
                     "(default entire,edge,edge_more,checkerboard)")
     ap.add_argument("--ssimulacra2", action="store_true", help="also compute SSIMULACRA2 (slow)")
+    ap.add_argument("--realism", default="0,0.5,1", help="realism section: decoder realism values")
+    ap.add_argument("--decoder", default=None, help="score the EMA decoder of a realism training "
+                    "checkpoint (runs/realism/last.pt) instead of the shipped decoder")
     ap.add_argument("--figure", default=None, help="edge section: also draw kodim23 (or the first "
                     "image) at K=256 to this PNG")
     ap.add_argument("--json", default=None)
@@ -363,6 +440,9 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {data} not found; pass --data DIR")
     torch.set_grad_enabled(False)
     codec = Codec(args.weights, "auto")
+    if args.decoder:
+        from .train.realism import use_checkpoint
+        use_checkpoint(codec.model, Path(args.decoder))
     files = images(data, args.images.split(",") if args.images else None, args.limit)
     sections = args.sections.split(",")
     result = {"model_id": codec.model.model_id.hex(), "images": [f.stem for f in files]}
@@ -390,6 +470,9 @@ def main(argv=None) -> None:
                         Path(args.figure))
     if "edgechoice" in sections:
         result["edge_choice"] = eval_edge_choice(codec, files, args.ssimulacra2)
+    if "realism" in sections:
+        result["realism"] = eval_realism(codec, files, targets, [float(r) for r in args.realism.split(",")],
+                                         args.ssimulacra2)
     if "rate" in sections:
         result["rate"] = eval_rate(codec, files, targets, ssim2=args.ssimulacra2)
         print(json.dumps(result["rate"]["summary"], indent=1), flush=True)

@@ -15,6 +15,7 @@ transmitted, so only the decoder's pixels can differ by rounding.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -31,6 +32,7 @@ class TokenizerConfig:
     enc_blocks: tuple[int, int, int] = (1, 1, 2)
     dec_blocks: tuple[int, int, int] = (2, 3, 4)
     codebooks: tuple[int, ...] = (1024, 256, 64, 16)
+    realism_dim: int = 0  # > 0: the decoder takes a realism value r in [0, 1] (FiLM + seeded noise)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,15 +43,58 @@ class TokenizerConfig:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, ch: int):
+    """Residual block. With `cond_dim` > 0 it is realism-conditioned: the hidden activation is
+    modulated by a scale and shift computed from the realism embedding (FiLM), and a one-channel
+    noise map, scaled per channel and by r, is added to it (StyleGAN-style). Both start at zero,
+    so a fresh conditioned block computes exactly what the plain block computes."""
+
+    def __init__(self, ch: int, cond_dim: int = 0):
         super().__init__()
         self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
         self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
         nn.init.zeros_(self.conv2.bias)
         self.conv2.weight.data.mul_(0.1)
+        if cond_dim:
+            self.film = nn.Linear(cond_dim, 2 * ch)
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+            self.noise_scale = nn.Parameter(torch.zeros(ch))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+    def forward(self, x: torch.Tensor, cond: "Conditioning | None" = None) -> torch.Tensor:
+        h = self.conv1(F.silu(x))
+        if cond is not None and hasattr(self, "film"):
+            scale, shift = self.film(cond.emb).to(h.dtype)[:, :, None, None].chunk(2, 1)
+            h = h * (1 + scale) + shift
+            n = cond.noise(h.shape[0], h.shape[2], h.shape[3], h.device, h.dtype)
+            h = h + (cond.r.to(h.dtype)[:, None, None, None] * self.noise_scale.to(h.dtype)[None, :, None, None]) * n
+        return x + self.conv2(F.silu(h))
+
+
+class Conditioning:
+    """Realism r per image (B,), its embedding (B, cond_dim), and the noise source: a CPU
+    torch.Generator seeded from the decode seed (same noise on every device and thread count),
+    or None to draw from torch's global RNG (training)."""
+
+    def __init__(self, r: torch.Tensor, emb: torch.Tensor, generator: torch.Generator | None):
+        self.r, self.emb, self.generator = r, emb, generator
+
+    def noise(self, b: int, h: int, w: int, device, dtype) -> torch.Tensor:
+        if self.generator is None:
+            return torch.randn(b, 1, h, w, device=device, dtype=dtype)
+        return torch.randn(b, 1, h, w, generator=self.generator).to(device, dtype)
+
+
+class RealismEmbedding(nn.Module):
+    """r in [0, 1] -> (r, sin/cos of pi*k*r for k = 1..4) -> 2-layer MLP."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(9, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU())
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        k = torch.arange(1, 5, device=r.device, dtype=torch.float32) * math.pi
+        a = r.float()[:, None] * k
+        return self.mlp(torch.cat([r.float()[:, None], a.sin(), a.cos()], 1))
 
 
 class Encoder(nn.Module):
@@ -73,22 +118,48 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """Code vectors -> image. With `cfg.realism_dim` > 0 every residual block is conditioned on a
+    realism value r in [0, 1]: r = 0 is the fidelity decoder (trained on distortion only, no
+    noise), r = 1 the most realistic one (distortion + adversarial + feature matching)."""
+
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         c1, c2, c3 = cfg.widths
         b1, b2, b3 = cfg.dec_blocks
+        d = cfg.realism_dim
         self.inp = nn.Conv2d(cfg.code_dim, c3, 3, padding=1)
-        self.s3 = nn.Sequential(*[ResBlock(c3) for _ in range(b3)])
+        self.s3 = nn.ModuleList([ResBlock(c3, d) for _ in range(b3)])
         self.up2 = nn.Sequential(nn.Conv2d(c3, c2 * 4, 3, padding=1), nn.PixelShuffle(2))
-        self.s2 = nn.Sequential(*[ResBlock(c2) for _ in range(b2)])
+        self.s2 = nn.ModuleList([ResBlock(c2, d) for _ in range(b2)])
         self.up1 = nn.Sequential(nn.Conv2d(c2, c1 * 4, 3, padding=1), nn.PixelShuffle(2))
-        self.s1 = nn.Sequential(*[ResBlock(c1) for _ in range(b1)])
+        self.s1 = nn.ModuleList([ResBlock(c1, d) for _ in range(b1)])
         self.out = nn.Sequential(nn.Conv2d(c1, 48, 3, padding=1), nn.PixelShuffle(4))
+        if d:
+            self.realism = RealismEmbedding(d)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.s3(self.inp(z))
-        x = self.s2(self.up2(x))
-        x = self.s1(self.up1(x))
+    @property
+    def conditioned(self) -> bool:
+        return hasattr(self, "realism")
+
+    def conditioning(self, r: torch.Tensor | float, batch: int, device,
+                     generator: torch.Generator | None = None) -> Conditioning | None:
+        if not self.conditioned:
+            return None
+        r = torch.as_tensor(r, dtype=torch.float32, device=device).reshape(-1).expand(batch)
+        return Conditioning(r, self.realism(r), generator)
+
+    def forward(self, z: torch.Tensor, realism: torch.Tensor | float = 0.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        cond = self.conditioning(realism, z.shape[0], z.device, generator)
+        x = self.inp(z)
+        for b in self.s3:
+            x = b(x, cond)
+        x = self.up2(x)
+        for b in self.s2:
+            x = b(x, cond)
+        x = self.up1(x)
+        for b in self.s1:
+            x = b(x, cond)
         return (self.out(F.silu(x)) + 1) / 2
 
 
@@ -131,8 +202,9 @@ class Tokenizer(nn.Module):
         return self.quantize(self.encode_latent(x), k)
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
-        return self.decoder(self.embed(tokens, k)).clamp(0, 1)
+    def decode(self, tokens: torch.Tensor, k: int, realism: float = 0.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.decoder(self.embed(tokens, k), realism, generator).clamp(0, 1)
 
 
 @dataclass

@@ -1,9 +1,16 @@
-"""Finding, loading and identifying the model weights (one safetensors file).
+"""Finding, loading and identifying the model weights.
 
-The file holds the tokenizer (fp16, prefix `tok.`) and the quantised prior (integers, prefix
-`prior.`); its metadata holds both configs (JSON) and the training provenance.
-The model id is the first 4 bytes of SHA-256 over the tensors (name, dtype, shape, bytes, in
-name order), so editing the provenance text does not change it.
+`tokc.safetensors` (the base file) holds the tokenizer (fp16, prefix `tok.`) and the quantised
+prior (integers, prefix `prior.`); its metadata holds both configs (JSON) and the training
+provenance. An optional `decoder.safetensors` beside it holds a newer pixel decoder (prefix
+`dec.`, e.g. the realism-conditioned one) that replaces the base file's decoder.
+
+The model id names what defines the bitstream and the meaning of its tokens: the prior's
+tensors and the codebooks (SHA-256 over name, dtype, shape and bytes, in name order; see
+spec/FORMAT.md section 6). Encoder and decoder are not part of it, so shipping a better
+decoder never orphans a file. Files written before this definition (format 1.0 writers up to
+weights v2) carry the hash of every tensor of the base file; that id stays accepted as
+`legacy_id` while the base file is unchanged.
 
 Search order: explicit path (--weights), $TOKC_WEIGHTS, the copy inside the installed
 package (wheels), the repository's weights/ folder (source checkouts, editable installs).
@@ -25,6 +32,7 @@ from .prior import ExactPrior, PriorConfig
 from .tokenizer import Tokenizer, TokenizerConfig
 
 FILENAME = "tokc.safetensors"
+DECODER_FILENAME = "decoder.safetensors"
 
 
 class WeightsError(RuntimeError):
@@ -53,7 +61,14 @@ def find(explicit: str | os.PathLike | None = None) -> Path:
                        f"at a folder with {FILENAME}")
 
 
+def bitstream_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors that define the bitstream: the prior and the codebooks."""
+    return {k: v for k, v in tensors.items()
+            if k.startswith("prior.") or k.startswith("tok.codebook_")}
+
+
 def model_id(tensors: dict[str, torch.Tensor]) -> bytes:
+    """First 4 bytes of SHA-256 over `name|dtype|shape|` + raw bytes of each tensor, sorted by name."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].contiguous()
@@ -69,6 +84,17 @@ class Model:
     model_id: bytes
     path: Path
     metadata: dict
+    legacy_id: bytes = b""
+    decoder_path: Path | None = None
+    decoder_metadata: dict | None = None
+
+    def accepts(self, file_id: bytes) -> bool:
+        """True when a file with this model id decodes with these weights."""
+        return file_id == self.model_id or (bool(self.legacy_id) and file_id == self.legacy_id)
+
+    @property
+    def realism(self) -> bool:
+        return self.tokenizer.decoder.conditioned
 
     @property
     def codebooks(self) -> tuple[int, ...]:
@@ -85,11 +111,44 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         pri_cfg = PriorConfig.from_dict(json.loads(meta["prior_config"]))
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
         raise WeightsError(f"cannot read weights {f}: {e}") from None
+    mid = model_id(bitstream_tensors(tensors))
+    tok_state = {k[4:]: v.float() for k, v in tensors.items() if k.startswith("tok.")}
+    dec_file, dec_meta = f.parent / DECODER_FILENAME, None
+    if dec_file.is_file():
+        try:
+            with safe_open(str(dec_file), framework="pt") as sf:
+                dec_meta = sf.metadata() or {}
+                dec_state = {k[4:]: sf.get_tensor(k).float() for k in sf.keys() if k.startswith("dec.")}
+            made_for = dec_meta["model_id"]
+            tok_cfg = TokenizerConfig.from_dict({**tok_cfg.to_dict(), **json.loads(dec_meta["decoder_config"])})
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+            raise WeightsError(f"cannot read decoder weights {dec_file}: {e}") from None
+        if made_for != mid.hex():
+            raise WeightsError(f"decoder weights {dec_file} were trained for model {made_for}, but "
+                               f"{f.name} is model {mid.hex()}; install matching files")
+        tok_state = {k: v for k, v in tok_state.items() if not k.startswith("decoder.")}
+        tok_state.update({f"decoder.{k}": v for k, v in dec_state.items()})
+    else:
+        dec_file = None
     tok = Tokenizer(tok_cfg)
-    tok.load_state_dict({k[4:]: v.float() for k, v in tensors.items() if k.startswith("tok.")})
+    try:
+        tok.load_state_dict(tok_state)
+    except RuntimeError as e:
+        raise WeightsError(f"weights {f} do not fit the tokenizer: {str(e).splitlines()[0]}") from None
     tok.eval().to(device)
     prior = ExactPrior(pri_cfg, {k[6:]: v for k, v in tensors.items() if k.startswith("prior.")}, device)
-    return Model(tok, prior, model_id(tensors), f, meta)
+    return Model(tok, prior, mid, f, meta, legacy_id=model_id(tensors),
+                 decoder_path=dec_file, decoder_metadata=dec_meta)
+
+
+def save_decoder(path: str | os.PathLike, decoder: torch.nn.Module, cfg: TokenizerConfig,
+                 model: bytes, provenance: dict) -> None:
+    """Write a decoder file (fp16, prefix `dec.`) for the model with bitstream id `model`."""
+    tensors = {f"dec.{k}": v.detach().cpu().half().contiguous() for k, v in decoder.state_dict().items()}
+    meta = {"model_id": model.hex(), "decoder_config": json.dumps({"realism_dim": cfg.realism_dim}),
+            "provenance": json.dumps(provenance)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
 
 
 def save(path: str | os.PathLike, tokenizer: Tokenizer, prior_tensors: dict[str, torch.Tensor],
@@ -107,4 +166,4 @@ def save(path: str | os.PathLike, tokenizer: Tokenizer, prior_tensors: dict[str,
             "provenance": json.dumps(provenance)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
-    return model_id(tensors)
+    return model_id(bitstream_tensors(tensors))

@@ -2,7 +2,7 @@
 
 import argparse
 
-from . import prior, quality, tokenizer
+from . import prior, quality, realism, tokenizer
 
 
 def main(argv=None) -> None:
@@ -11,6 +11,7 @@ def main(argv=None) -> None:
     tokenizer.add_args(sub)
     prior.add_args(sub)
     quality.add_args(sub)
+    realism.add_args(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

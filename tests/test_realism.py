@@ -1,0 +1,114 @@
+"""The realism-conditioned decoder and the model id that survives decoder upgrades."""
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from tiny import make_decoder, make_weights, photo
+
+V2_FILE = "v2_703cb306_edge_k64.tkc"  # made by tokc 0.1.0 with weights v2 (model 703cb306)
+
+
+@pytest.fixture(scope="module")
+def realism_codec(tmp_path_factory, tiny_weights):
+    from tokcodec.codec import Codec
+    d = tmp_path_factory.mktemp("rw")
+    shutil.copy(tiny_weights / "tokc.safetensors", d / "tokc.safetensors")
+    make_decoder(d)
+    return Codec(str(d), "cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_file(codec):
+    return codec.encode(photo(96, 64, seed=4), None, None, 64, "checkerboard").data
+
+
+def pixels(img) -> bytes:
+    return np.asarray(img).tobytes()
+
+
+def test_decoder_file_does_not_change_model_id(codec, realism_codec, tiny_file):
+    assert realism_codec.model.model_id == codec.model.model_id
+    assert realism_codec.model.realism and not codec.model.realism
+    # a file written with the old decoder decodes with the new one, to the same tokens
+    a = codec.decode_tokens(codec.read(tiny_file))[0]
+    b = realism_codec.decode_tokens(realism_codec.read(tiny_file))[0]
+    assert np.array_equal(a, b)
+
+
+def test_same_seed_and_realism_same_pixels(realism_codec, tiny_file):
+    a = realism_codec.decode(tiny_file, seed=5, realism=0.8)
+    b = realism_codec.decode(tiny_file, seed=5, realism=0.8)
+    assert pixels(a) == pixels(b)
+    assert pixels(a) != pixels(realism_codec.decode(tiny_file, seed=6, realism=0.8))  # noise follows the seed
+    assert pixels(a) != pixels(realism_codec.decode(tiny_file, seed=5, realism=0.2))
+
+
+def test_realism_zero_draws_no_noise(realism_codec, tiny_file):
+    a = realism_codec.decode(tiny_file, seed=1, realism=0.0)
+    b = realism_codec.decode(tiny_file, seed=2, realism=0.0)
+    assert pixels(a) == pixels(b)
+
+
+def test_pixels_do_not_depend_on_thread_count(realism_codec, tiny_file):
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = realism_codec.decode(tiny_file, seed=3, realism=1.0)
+        torch.set_num_threads(max(2, n))
+        b = realism_codec.decode(tiny_file, seed=3, realism=1.0)
+    finally:
+        torch.set_num_threads(n)
+    assert pixels(a) == pixels(b)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "x"])
+def test_realism_out_of_range_is_refused(realism_codec, tiny_file, bad):
+    with pytest.raises(ValueError, match="realism"):
+        realism_codec.decode(tiny_file, realism=bad)
+
+
+def test_decoder_for_another_model_is_refused(tmp_path, tiny_weights):
+    from tokcodec.weights import WeightsError, load
+    shutil.copy(tiny_weights / "tokc.safetensors", tmp_path / "tokc.safetensors")
+    make_decoder(tmp_path, model=b"\x00\x11\x22\x33")
+    with pytest.raises(WeightsError, match="00112233"):
+        load(tmp_path)
+
+
+def test_legacy_id_still_accepted_but_other_models_refused(codec, fresh_weights):
+    from tokcodec.codec import Codec, CodecError
+    from tokcodec.container import unpack
+    golden = (ROOT / "tests" / "data" / "golden_edge_k64.tkc").read_bytes()
+    old = unpack(golden).header.model_id  # written when the id covered every tensor
+    assert old == codec.model.legacy_id != codec.model.model_id
+    assert codec.model.accepts(old)
+    with pytest.raises(CodecError, match="model"):
+        Codec(str(fresh_weights), "cpu").decode(golden)
+
+
+def test_v2_file_decodes_with_shipped_weights():
+    """A file written by weights v2 (model 703cb306) decodes with the weights shipped now,
+    to the tokens v2 decoded (hashes recorded when the file was made)."""
+    from tokcodec.codec import Codec
+    from tokcodec.weights import WeightsError
+    try:
+        c = Codec(None, "cpu")
+    except WeightsError as e:
+        pytest.skip(f"no shipped weights: {e}")
+    data = (ROOT / "tests" / "data" / V2_FILE).read_bytes()
+    cont = c.read(data)
+    tokens, keep = c.decode_tokens(cont)
+    assert (tokens.shape, int(keep.sum())) == ((10, 16), 104)
+
+    def h(t):
+        return hashlib.sha256(t.astype("<i4").tobytes()).hexdigest()[:16]
+    assert h(c.generate(tokens, keep, 64, 0, 0.0)) == "ec0d1ace754307c4"
+    assert h(c.generate(tokens, keep, 64, 7, 1.0)) == "3b9a7146712c9941"
+    img = c.decode(data, seed=7)
+    assert img.size == (256, 160)
+    assert pixels(img) == pixels(c.decode(data, seed=7))
