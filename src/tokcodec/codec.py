@@ -21,6 +21,7 @@ from PIL import Image
 from . import container, entropy, mask, schedule
 from .container import Container, FormatError, Header
 from .prior import COUNT_BITS, counts_from_logits
+from .rng import LegacyGenerator, sample_at
 from .weights import Model, load
 
 QUANTILES = tuple(i / 20 for i in range(19))  # edge-block shares tried by rate control
@@ -92,11 +93,19 @@ class EncodeResult:
     info_bits: float
 
 
+def check_ids(hd: Header) -> None:
+    """Refuse schedule and coder ids this tokc does not implement (needs no model)."""
+    if hd.schedule_id != schedule.SCHEDULE_ID or hd.coder_id not in entropy.CODERS:
+        raise CodecError(f"file uses schedule {hd.schedule_id} / coder {hd.coder_id}, which this "
+                         "tokc does not implement; upgrade tokc")
+
+
 def read_mask(c: Container) -> tuple[entropy.Decoder, np.ndarray]:
     """Start decoding a payload: read the block map (edge modes) and build the keep mask.
     Returns the decoder positioned at the first token."""
     hd = c.header
-    dec = entropy.Decoder(c.payload)
+    check_ids(hd)
+    dec = entropy.Decoder(c.payload, hd.coder_id)
     blocks = mask.decode_blocks(dec, (hd.grid[0] // 2, hd.grid[1] // 2)) if hd.mode in mask.USES_BLOCKS else None
     return dec, mask.keep_mask(hd.mode, hd.grid, blocks)
 
@@ -344,9 +353,7 @@ class Codec:
             raise CodecError(f"file was made with model {hd.model_id.hex()}, but the loaded weights "
                              f"are model {self.model.model_id.hex()}; decode with matching weights "
                              "(--weights or TOKC_WEIGHTS)")
-        if hd.schedule_id != schedule.SCHEDULE_ID or hd.coder_id != entropy.CODER_ID:
-            raise CodecError(f"file uses schedule {hd.schedule_id} / coder {hd.coder_id}, which this "
-                             "tokc does not implement; upgrade tokc")
+        check_ids(hd)
         if hd.codebook not in self.model.codebooks:
             raise CodecError(f"file uses codebook K={hd.codebook}, which the loaded model lacks")
         return c
@@ -358,6 +365,7 @@ class Codec:
         try:
             dec, keep = read_mask(c)
             ctx, coded = self._code_stages(grid, k, keep, lambda pos, counts: dec.decode(counts))
+            dec.finish()  # the payload must end where the coder's words end
         except entropy.DecodeError as e:
             raise CodecError(f"file is damaged: {e}") from None
         if any((t < 0).any() or (t >= k).any() for t in coded) or token_crc(coded) != hd.token_crc32:
@@ -366,11 +374,12 @@ class Codec:
         return ctx.reshape(grid), keep
 
     def generate(self, tokens: np.ndarray, keep: np.ndarray, k: int, seed: int,
-                 temperature: float) -> np.ndarray:
+                 temperature: float, coder_id: int = entropy.CODER_ID) -> np.ndarray:
         """Fill dropped tokens stage by stage from the prior, kept tokens fixed. Context for a
-        stage: every token of earlier stages (kept or already generated), [MASK] elsewhere."""
+        stage: every token of earlier stages (kept or already generated), [MASK] elsewhere.
+        Sampled tokens (temperature > 0) use the random numbers of the file's coder id (rng.py)."""
         h, w = tokens.shape
-        rng = np.random.Generator(np.random.PCG64(seed))
+        legacy = LegacyGenerator(seed) if coder_id == 1 else None
         t_milli = int(round(temperature * 1000))
         out = tokens.ravel().copy()
         ids = schedule.stage_ids(h, w).ravel()
@@ -386,7 +395,7 @@ class Codec:
                 out[drop] = logits.argmax(-1).numpy()
             else:
                 counts = counts_from_logits(logits, prior.exp.cpu(), t_milli)
-                out[drop] = entropy.sample(counts, rng)
+                out[drop] = legacy.sample(counts) if legacy else sample_at(counts, drop, seed)
         return out.reshape(h, w)
 
     @torch.no_grad()
@@ -407,7 +416,8 @@ class Codec:
         r = self.default_realism if realism is None else check_realism(realism)
         c = self.read(data, max_pixels)
         tokens, keep = self.decode_tokens(c)
-        full = self.generate(tokens, keep, c.header.codebook, seed, temperature) if not keep.all() else tokens
+        full = (self.generate(tokens, keep, c.header.codebook, seed, temperature, c.header.coder_id)
+                if not keep.all() else tokens)
         return self.render(full, c.header.codebook, (c.header.width, c.header.height), r, seed)
 
     @property

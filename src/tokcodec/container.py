@@ -70,6 +70,8 @@ class Reader:
             if not b & 0x80:
                 if b == 0 and i > 0:
                     raise FormatError(f"{what}: varint is not in shortest form")
+                if value >> 64:
+                    raise FormatError(f"{what}: varint is over 2**64 - 1")
                 return value
             shift += 7
         raise FormatError(f"{what}: varint is too long")
@@ -204,6 +206,9 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
                               "upgrade tokc")
         exts.append((tag, payload))
     # Fields appended by a later minor version are skipped: hr.pos may be < start + hlen.
+    if minor == MINOR and hr.pos != start + hlen:
+        raise FormatError(f"header has {start + hlen - hr.pos} bytes after its last field "
+                          f"(not allowed in a {MAJOR}.{MINOR} file)")
     header = Header(width, height, model_id, 1 << log_k, MODES[mode_i], token_crc, grid_log2,
                     schedule_id, coder_id, exts, minor)
     payload = data[start + hlen:len(data) - 4]

@@ -1,9 +1,20 @@
-"""Entropy coding with constriction: one range-coded stream per file.
+"""Entropy coding: one range-coded stream per file (spec/FORMAT.md section 4).
 
-Coder 1: constriction.stream.queue.RangeEncoder, model family Categorical(perfect=False),
-tables passed as C-contiguous float64 arrays of integer counts (so constriction only ever
-sees exact integers), symbols int32, compressed words stored as u32 little-endian.
-Binary decisions (the edge block map) use adaptive counts from a context.
+The range coder is constriction's (0.5.x) RangeEncoder/RangeDecoder: 32-bit words, 64-bit
+state, 24-bit probabilities, model family Categorical(perfect=False), symbols int32, words
+stored u32 little-endian. Every table is a row of integer counts; the coder id fixes how a
+row becomes the 24-bit cumulative table (CDF) the coder works with (`quantized_cdf`):
+
+  coder 1 (read only; files of tokc up to weights v2): constriction's own quantisation of the
+      counts as float64: cdf[i] = trunc(S_i * (2**24 - K) / T) + i with one binary64 division
+      and one binary64 product (S_i = sum of the counts before i, T = total).
+  coder 2 (written): the same formula in exact integers, floor(S_i * (2**24 - K) / T) + i.
+      constriction is given the row diff(cdf) - 1, whose total is exactly 2**24 - K, so its
+      scale factor is exactly 1.0 and its quantisation reproduces cdf without rounding.
+
+The decoder also follows the coder's integer state (lower, range, renormalisations) so that it
+refuses a payload that ends before the last symbol, or that holds words after the encoder's
+final ones (`Decoder.finish`). Binary decisions (the edge block map) use adaptive counts.
 """
 
 from __future__ import annotations
@@ -11,13 +22,44 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
-CODER_ID = 1
+CODER_ID = 2          # what tokc writes
+CODERS = (1, 2)       # what tokc reads
+PRECISION = 24        # probabilities are integers out of 2**24
+_MASK64 = (1 << 64) - 1
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 
-def _table(counts) -> np.ndarray:
-    arr = counts.numpy() if hasattr(counts, "numpy") else counts
-    return np.ascontiguousarray(arr, dtype=np.float64)
+def _counts(counts) -> np.ndarray:
+    arr = counts.numpy() if hasattr(counts, "numpy") else np.asarray(counts)
+    return np.ascontiguousarray(arr, dtype=np.int64).reshape(-1, arr.shape[-1])
+
+
+def quantized_cdf(counts, coder_id: int) -> np.ndarray:
+    """Integer count rows (N, K), each count >= 1 -> cumulative tables (N, K+1) of int64 with
+    cdf[:, 0] = 0 and cdf[:, K] = 2**24: symbol i owns [cdf[i], cdf[i+1])."""
+    c = _counts(counts)
+    n, k = c.shape
+    cum = np.zeros((n, k + 1), dtype=np.int64)
+    np.cumsum(c, axis=1, out=cum[:, 1:])
+    total = cum[:, -1:]
+    free = (1 << PRECISION) - k
+    if coder_id == 1:  # binary64: one correctly rounded division, one correctly rounded product
+        scale = np.float64(free) / total.astype(np.float64)
+        left = (cum.astype(np.float64) * scale).astype(np.int64)
+    elif coder_id == 2:
+        left = cum * free // total
+    else:
+        raise ValueError(f"unknown coder id {coder_id}")
+    cdf = left + np.arange(k + 1, dtype=np.int64)
+    cdf[:, -1] = 1 << PRECISION
+    return cdf
+
+
+def _table(counts, coder_id: int) -> np.ndarray:
+    """The float64 rows handed to constriction for a coder."""
+    if coder_id == 1:
+        return np.ascontiguousarray(_counts(counts), dtype=np.float64)
+    return np.ascontiguousarray(np.diff(quantized_cdf(counts, coder_id), axis=1) - 1, dtype=np.float64)
 
 
 class BinaryContexts:
@@ -27,7 +69,7 @@ class BinaryContexts:
         self.c = np.ones((n_contexts, 2), dtype=np.int64)
 
     def table(self, ctx: int) -> np.ndarray:
-        return self.c[ctx:ctx + 1].astype(np.float64)
+        return self.c[ctx:ctx + 1].copy()
 
     def update(self, ctx: int, bit: int) -> None:
         self.c[ctx, bit] += 2
@@ -36,17 +78,20 @@ class BinaryContexts:
 
 
 class Encoder:
-    def __init__(self):
+    def __init__(self, coder_id: int | None = None):
+        self.coder_id = CODER_ID if coder_id is None else coder_id
+        if self.coder_id not in CODERS:
+            raise ValueError(f"unknown coder id {self.coder_id}")
         self._enc = constriction.stream.queue.RangeEncoder()
 
     def encode(self, symbols, counts) -> None:
         """Symbols (N,) with integer count tables (N,K)."""
         sym = np.ascontiguousarray(np.asarray(symbols), dtype=np.int32)
         if sym.size:
-            self._enc.encode(sym, _FAMILY, _table(counts))
+            self._enc.encode(sym, _FAMILY, _table(counts, self.coder_id))
 
     def encode_bit(self, bit: int, model: BinaryContexts, ctx: int) -> None:
-        self._enc.encode(np.array([bit], dtype=np.int32), _FAMILY, model.table(ctx))
+        self.encode(np.array([bit]), model.table(ctx))
         model.update(ctx, bit)
 
     def finish(self) -> bytes:
@@ -58,35 +103,70 @@ class DecodeError(ValueError):
 
 
 class Decoder:
-    def __init__(self, payload: bytes):
-        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-        self._dec = constriction.stream.queue.RangeDecoder(words)
+    """Decodes a payload; a file's coder id is in its header (the default pairs with Encoder())."""
+
+    def __init__(self, payload: bytes, coder_id: int = CODER_ID):
+        if coder_id not in CODERS:
+            raise DecodeError(f"unknown coder id {coder_id}")
+        self.coder_id = coder_id
+        self._words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        self._dec = constriction.stream.queue.RangeDecoder(self._words)
+        # the coder's state, followed in integers (spec section 4.3)
+        self._lower, self._range, self._renorms, self._symbols = 0, _MASK64, 0, 0
 
     def decode(self, counts) -> np.ndarray:
-        table = _table(counts)
-        if table.shape[0] == 0:
+        c = _counts(counts)
+        if c.shape[0] == 0:
             return np.zeros(0, dtype=np.int64)
         try:
-            return self._dec.decode(_FAMILY, table).astype(np.int64)
+            sym = self._dec.decode(_FAMILY, _table(c, self.coder_id)).astype(np.int64)
         except (ValueError, KeyError, AssertionError) as e:  # damaged stream
             raise DecodeError(f"range decoder failed: {e}") from None
+        self._follow(c, sym)
+        return sym
+
+    def _follow(self, counts: np.ndarray, sym: np.ndarray) -> None:
+        cdf = quantized_cdf(counts, self.coder_id)
+        rows = np.arange(len(sym))
+        lefts, rights = cdf[rows, sym].tolist(), cdf[rows, sym + 1].tolist()
+        lower, rng, renorms = self._lower, self._range, self._renorms
+        for left, right in zip(lefts, rights):
+            scale = rng >> PRECISION
+            lower = (lower + scale * left) & _MASK64
+            rng = scale * (right - left)
+            if rng < 1 << 32:
+                lower, rng, renorms = (lower << 32) & _MASK64, rng << 32, renorms + 1
+        self._lower, self._range, self._renorms = lower, rng, renorms
+        self._symbols += len(sym)
+        # after R renormalisations the decoder has read words 0 .. R+1; one word of look-ahead
+        # past the end is the coder's own (read as 0), a second means the payload is cut short
+        if renorms >= len(self._words):
+            raise DecodeError("payload ends before the last symbol (file truncated or damaged)")
 
     def decode_bit(self, model: BinaryContexts, ctx: int) -> int:
         bit = int(self.decode(model.table(ctx))[0])
         model.update(ctx, bit)
         return bit
 
+    def finish(self) -> None:
+        """Check that the payload ends exactly where the encoder's words end (section 4.3)."""
+        n = len(self._words)
+        if not self._symbols:
+            if n:
+                raise DecodeError(f"payload has {n} words but codes no symbol")
+            return
+        lower, rng, r = self._lower, self._range, self._renorms
+        point_word = ((lower + (1 << 32) - 1) & _MASK64) >> 32
+        upper_word = ((lower + rng) & _MASK64) >> 32
+        want = r + 1 + (upper_word == point_word)
+        word = (lambda i: int(self._words[i]) if i < n else 0)
+        if n != want or word(r) != point_word or word(r + 1) != 0:
+            raise DecodeError(f"payload has {n} words where the coder's stream ends after {want} "
+                              "(extra or damaged words at its end)")
+
 
 def information_bits(symbols, counts) -> float:
     """Ideal code length in bits of symbols under the integer count tables."""
-    t = _table(counts)
+    t = _counts(counts).astype(np.float64)
     p = t[np.arange(t.shape[0]), np.asarray(symbols)] / t.sum(1)
     return float(-np.log2(p).sum())
-
-
-def sample(counts, rng: np.random.Generator) -> np.ndarray:
-    """Draw one symbol per row from integer count tables with a device-independent RNG."""
-    c = np.asarray(counts.numpy() if hasattr(counts, "numpy") else counts, dtype=np.int64)
-    cum = np.cumsum(c, axis=1)
-    u = rng.integers(0, cum[:, -1])
-    return (cum <= u[:, None]).sum(1).astype(np.int64)
