@@ -40,10 +40,12 @@ def make_decoder(folder, seed: int = 0, model: bytes | None = None) -> None:
     weights non-zero, so realism changes the pixels)."""
     from safetensors.torch import load_file
     torch.manual_seed(seed)
+    base = load_file(str(folder / "tokc.safetensors"))
     tok = Tokenizer(TokenizerConfig(**{**TOK_CFG.to_dict(), "realism_dim": 8}))
+    tok.load_state_dict({k[4:]: v.float() for k, v in base.items() if k.startswith("tok.")}, strict=False)
     for name, p in tok.decoder.named_parameters():
-        if "film" in name or "noise_scale" in name:
-            p.data.normal_(0, 0.3)
+        if "film" in name or "noise_scale" in name or name.startswith("delta."):
+            p.data.normal_(0, 0.3 if not name.startswith("delta.") else 0.05)
     if model is None:
-        model = model_id(bitstream_tensors(load_file(str(folder / "tokc.safetensors"))))
+        model = model_id(bitstream_tensors(base))
     save_decoder(folder / "decoder.safetensors", tok.decoder, tok.cfg, model, {"note": "random test decoder"})

@@ -1,23 +1,31 @@
-"""Benchmark: tokc against the codecs people use, at matched rates, in one command.
+"""Benchmark: tokc against the classic codecs at equal bytes, per image, in one command.
 
-    python -m tokcodec.bench --data ../shared/data/kodak [--limit N] [--out docs]
+    python -m tokcodec.bench --data ../shared/data/kodak [--holdout ../shared/data/train]
+        [--targets 0.005,0.01,0.02,0.03,0.05] [--realism 0,0.6,1] [--limit N] [--out docs]
 
-For each image and target bpp, tokc encodes at the target (whole file at or under it) and
-decodes at temperature 0 ("tokc") and 1 ("tokc t=1", seed 1); each classic codec (JPEG and WebP through Pillow, AVIF through
-Pillow's AVIF plugin, JPEG XL through pillow-jxl-plugin, VVC through vvencapp/vvdecapp when
-installed) uses the highest quality setting whose file is at or under the target, or its
-lowest setting when even that is over (reported as its floor). Metrics: real bpp, PSNR,
-MS-SSIM, SSIMULACRA2 (PyPI `ssimulacra2`, optional), encode/decode time (median of
---repeats runs in this process), and peak memory of one encode+decode in a fresh process.
-Then tokc's own speed and peak memory at 0.03 bpp for a Kodak image and a 12-MP mosaic of
-Kodak images, each in a fresh process. Writes docs/benchmarks.md, docs/rd-*.png and
-docs/samples-*.png.
+For each image and target, tokc encodes at the target (rate control: whole file at or under it)
+and its file is decoded at each --realism value (temperature 0, seed 1). That file's size is the
+budget of every classic codec for that image: each codec (VVC through vvencapp/vvdecapp,
+AVIF, JPEG XL, WebP, JPEG through Pillow) at each scale (full, 1/2, 1/4: Lanczos down before
+coding, up after decoding) uses its highest quality whose counted file (see classic.py for
+exactly what is counted) is at or under tokc's file. Per codec the scale with the best MS-SSIM
+is its "best" row and the table says which scale won; VVC is also reported at each scale.
+A codec that fits at no scale is counted as missing for that image.
+
+Measures: bpp, PSNR, MS-SSIM, SSIMULACRA2 (PyPI `ssimulacra2`), butteraugli (Debian package
+`butteraugli`), the high-frequency energy ratio (decoded / original luma power between 1/4
+Nyquist and Nyquist; median over images) and colour error (mean CIEDE2000 on both images
+box-downscaled 16x). --holdout adds the second test set: the training photos that
+`train.data.is_holdout` sets aside (never trained on since the split).
+
+Also tokc's speed and peak memory at 0.03 bpp (a Kodak image and a 12-MP mosaic, each in a
+fresh process) unless --no-speed. Writes OUT/benchmarks.md, OUT/benchmarks.json,
+OUT/rd-*.png and OUT/crops-<target>.png.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -26,190 +34,200 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from .classic import VVC_PRESET, codecs as classic_codecs
 from .imageio import load_image
-from .metrics import compare
+from .metrics import butteraugli_score, colour_error, compare, ssimulacra2_score
 
 TARGETS = (0.005, 0.01, 0.02, 0.03, 0.05)
+REALISMS = (0.0, 0.6, 1.0)
+# crops for the sheets: (image, box) with faces, foliage, text and water
+CROPS = (("kodim15", (330, 120, 458, 248)), ("kodim13", (120, 200, 248, 328)),
+         ("kodim10", (130, 40, 258, 168)), ("kodim14", (470, 300, 598, 428)), ("kodim23", (140, 120, 268, 248)))
 
 
-@dataclass
-class Classic:
-    name: str
-    fmt: str
-    qualities: range
-    options: Callable[[int], dict]
-
-    def available(self) -> bool:
-        try:
-            self.encode(Image.new("RGB", (16, 16)), self.qualities[-1])
-            return True
-        except Exception:  # noqa: BLE001 - plugin missing
-            return False
-
-    def encode(self, img: Image.Image, q: int) -> bytes:
-        buf = io.BytesIO()
-        img.save(buf, format=self.fmt, **self.options(q))
-        return buf.getvalue()
-
-    @staticmethod
-    def decode(data: bytes) -> Image.Image:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
+def score(img, out, full: bool) -> dict:
+    m = compare(img, out)
+    m["colour_de"] = colour_error(img, out)
+    if full:
+        m["ssimulacra2"] = ssimulacra2_score(img, out)
+        m["butteraugli"] = butteraugli_score(img, out)
+    return m
 
 
-def classic_codecs() -> list[Classic]:
-    try:
-        import pillow_jxl  # noqa: F401 - registers the JXL format
-    except ImportError:
-        pass
-    cands = [
-        Classic("JPEG", "JPEG", range(1, 96), lambda q: {"quality": q, "optimize": True}),
-        Classic("WebP", "WEBP", range(0, 101), lambda q: {"quality": q, "method": 6}),
-        Classic("AVIF", "AVIF", range(0, 101), lambda q: {"quality": q, "speed": 6}),
-        Classic("JPEG XL", "JXL", range(0, 100), lambda q: {"quality": q, "effort": 7}),  # 100 = lossless path
-    ]
-    return [c for c in cands if c.available()]
-
-
-def at_or_under(c: Classic, img: Image.Image, budget: int, cache: dict | None = None) -> tuple[bytes, int, bool]:
-    """Highest quality whose file fits; (data, quality, is_floor). `cache` maps quality to file
-    for this image and codec, so the targets of one image share their trial encodes."""
-    cache = {} if cache is None else cache
-
-    def enc(q):
-        if q not in cache:
-            cache[q] = c.encode(img, q)
-        return cache[q]
-
-    lo, hi, best = 0, len(c.qualities) - 1, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        data = enc(c.qualities[mid])
-        if len(data) <= budget:
-            best, lo = (data, c.qualities[mid]), mid + 1
-        else:
-            hi = mid - 1
-    if best is None:
-        return enc(c.qualities[0]), c.qualities[0], True
-    return best[0], best[1], False
-
-
-def ssimulacra2_score(a: Image.Image, b: Image.Image) -> float | None:
-    try:
-        from ssimulacra2 import compute_ssimulacra2
-    except ImportError:
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        pa, pb = Path(d) / "a.png", Path(d) / "b.png"
-        a.save(pa)
-        b.save(pb)
-        return float(compute_ssimulacra2(str(pa), str(pb)))
-
-
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times)
-
-
-PEAK_SNIPPET = """
-import io, json, sys
-from PIL import Image
-name, path, bpp, fmt, opts = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
-img = Image.open(path).convert("RGB")
-if name == "tokc":
-    import tokcodec
-    tokcodec.decode(tokcodec.encode(img, bpp))
-else:
-    if fmt == "JXL":
-        import pillow_jxl  # noqa: F401
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **opts)
-    Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-# VmHWM belongs to this process image; ru_maxrss would carry the parent's peak across exec.
-print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")))
-"""
-
-
-def peak_memory_mb(name: str, path: Path, bpp: float) -> float | None:
-    """Peak resident memory (MB) of a fresh process that encodes and decodes one image
-    (classic codecs without torch loaded, at their setting for this target)."""
-    fmt, opts = "", {}
-    if name != "tokc":
-        c = next(c for c in classic_codecs() if c.name == name)
-        img = load_image(path)
-        _, q, _ = at_or_under(c, img, int(bpp * img.size[0] * img.size[1] / 8))
-        fmt, opts = c.fmt, c.options(q)
-    r = subprocess.run([sys.executable, "-c", PEAK_SNIPPET, name, str(path), str(bpp), fmt, json.dumps(opts)],
-                       capture_output=True, text=True, timeout=1800)
-    if r.returncode:
-        return None
-    return int(r.stdout.strip().splitlines()[-1]) / 1024
-
-
-def run(files: list[Path], targets, repeats: int, with_ssim2: bool) -> dict:
-    from .codec import get_codec
-    codec = get_codec()
-    classics = classic_codecs()
+def bench_image(codec, img: Image.Image, name: str, targets, realisms, classics, full: bool,
+                keep: bool) -> list[dict]:
+    """Rows for one image: tokc at each realism, then every classic codec at tokc's bytes."""
+    from .codec import CodecError
+    w, h = img.size
+    a = codec.analyse(img)
     rows = []
-    for f in files:
-        img = load_image(f)
-        w, h = img.size
-        a = codec.analyse(img)  # shared by the targets (rate control reuses count tables)
-        trials = {c.name: {} for c in classics}
-        timing = {}  # (codec, data) -> (decoded, encode s, decode s): a floor file is timed once
-        for bpp in targets:
-            budget = int(bpp * w * h / 8)
-            try:
-                t0 = time.perf_counter()
-                r = codec.encode_analysed(a, budget)
-                enc_s = time.perf_counter() - t0
-                setting = f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}"
-                for name, temp in (("tokc", 0.0), ("tokc t=1", 1.0)):
-                    out, dec_s = timed(lambda: codec.decode(r.data, seed=1, temperature=temp), 1)
-                    rows.append(dict(image=f.stem, codec=name, target=bpp, bytes=len(r.data), floor=False,
-                                     setting=setting, encode_s=enc_s, decode_s=dec_s, decoded=out))
-            except Exception as e:  # noqa: BLE001 - unreachable target
-                for name in ("tokc", "tokc t=1"):
-                    rows.append(dict(image=f.stem, codec=name, target=bpp, error=str(e)))
-            for c in classics:
-                data, q, floor = at_or_under(c, img, budget, trials[c.name])
-                if (c.name, data) not in timing:
-                    _, enc_s = timed(lambda: c.encode(img, q), repeats)
-                    out, dec_s = timed(lambda: c.decode(data), repeats)
-                    timing[(c.name, data)] = (out, enc_s, dec_s)
-                out, enc_s, dec_s = timing[(c.name, data)]
-                rows.append(dict(image=f.stem, codec=c.name, target=bpp, bytes=len(data), floor=floor,
-                                 setting=f"q={q}", encode_s=enc_s, decode_s=dec_s, decoded=out))
-        scored = {}  # identical decoded images (a codec at its floor for several targets) score once
-        for row in rows:
-            if row.get("image") == f.stem and "decoded" in row and "psnr" not in row:
-                key = (row["codec"], row["bytes"], row["decoded"].tobytes())
-                if key not in scored:
-                    m = compare(img, row["decoded"])
-                    m["ssimulacra2"] = ssimulacra2_score(img, row["decoded"]) if with_ssim2 else None
-                    scored[key] = m
-                row.update(scored[key])
-                row["bpp"] = 8 * row["bytes"] / (w * h)
-        print(f"{f.stem} done", file=sys.stderr, flush=True)
-    return {"rows": rows, "codecs": ["tokc", "tokc t=1"] + [c.name for c in classics]}
+    for t in targets:
+        try:
+            t0 = time.perf_counter()
+            r = codec.encode_analysed(a, int(t * w * h / 8))
+            enc_s = time.perf_counter() - t0
+        except CodecError as e:
+            rows.append(dict(image=name, target=t, codec="tokc", error=str(e)))
+            continue
+        budget = len(r.data)
+        setting = f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}"
+        for rr in realisms:
+            t0 = time.perf_counter()
+            out = codec.decode(r.data, seed=1, temperature=0.0, realism=rr)
+            rows.append(dict(image=name, target=t, codec=f"tokc r={rr:g}", bytes=budget, setting=setting,
+                             encode_s=enc_s, decode_s=time.perf_counter() - t0, decoded=out))
+        by_name: dict[str, list[dict]] = {}
+        for c in classics:
+            fit = c.best_under(img, budget)
+            if fit is None:
+                continue
+            data, q = fit
+            out = c.decode(data, img.size)
+            m = compare(img, out)
+            by_name.setdefault(c.name, []).append(dict(image=name, target=t, codec=c.label, bytes=c.size(data),
+                                                       setting=f"q={q}", scale=c.scale, decoded=out, **m))
+        for cname, cands in by_name.items():
+            best = max(cands, key=lambda x: x["ms_ssim"])
+            rows.append({**best, "codec": f"{cname} best", "label": best["codec"]})
+            if cname == "VVC":
+                rows += cands
+        for c in {x.name for x in classics} - set(by_name):
+            rows.append(dict(image=name, target=t, codec=f"{c} best", error="no setting at or under tokc's file"))
+    memo = {}
+    for row in rows:
+        if "decoded" not in row:
+            continue
+        key = row["decoded"].tobytes()
+        if key not in memo:
+            memo[key] = score(img, row["decoded"], full)
+        row.update(memo[key])
+        row["bpp"] = 8 * row["bytes"] / (w * h)
+        if not keep:
+            del row["decoded"]
+    return rows
+
+
+def summarise(rows, targets) -> dict:
+    out = {}
+    names = list(dict.fromkeys(r["codec"] for r in rows))
+    for t in targets:
+        for c in names:
+            rs = [r for r in rows if r["codec"] == c and r["target"] == t]
+            ok = [r for r in rs if "psnr" in r]
+            if not rs:
+                continue
+            s = {"n": len(ok), "missing": len(rs) - len(ok)}
+            if ok:
+                for k in ("bpp", "psnr", "ms_ssim", "ssimulacra2", "butteraugli", "colour_de"):
+                    vals = [r[k] for r in ok if r.get(k) is not None]
+                    s[k] = statistics.fmean(vals) if vals else None
+                s["hf_ratio"] = statistics.median(r["hf_ratio"] for r in ok)
+                scales = [r.get("label", r["codec"]) for r in ok if c.endswith(" best")]
+                if scales:
+                    s["scales"] = {k: scales.count(k) for k in sorted(set(scales))}
+            out[(c, t)] = s
+    return out
+
+
+def _f(v, fmt):
+    return "n/a" if v is None else format(v, fmt)
+
+
+def table_lines(summary: dict, targets) -> list[str]:
+    lines = ["| target bpp | codec | real bpp | PSNR dB | MS-SSIM | SSIMULACRA2 | butteraugli | HF ratio (median) "
+             "| colour ΔE00 | images | scale won |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t in targets:
+        for (c, tt), s in summary.items():
+            if tt != t:
+                continue
+            if not s["n"]:
+                lines.append(f"| {t} | {c} | no fit | | | | | | | 0/{s['missing']} | |")
+                continue
+            won = ", ".join(f"{k.split(' ', 1)[1] if ' ' in k else 'full'} {v}" for k, v in s.get("scales", {}).items())
+            lines.append(f"| {t} | {c} | {s['bpp']:.4f} | {s['psnr']:.2f} | {s['ms_ssim']:.4f} | "
+                         f"{_f(s['ssimulacra2'], '.1f')} | {_f(s['butteraugli'], '.2f')} | {s['hf_ratio']:.3f} | "
+                         f"{_f(s['colour_de'], '.2f')} | {s['n']}/{s['n'] + s['missing']} | {won} |")
+    return lines
+
+
+def per_image_lines(rows, codecs_shown) -> list[str]:
+    lines = ["| image | target | " + " | ".join(f"{c} bytes / PSNR / MS-SSIM / SSIMU2" for c in codecs_shown) + " |",
+             "|---|---|" + "---|" * len(codecs_shown)]
+    for img in dict.fromkeys(r["image"] for r in rows):
+        for t in dict.fromkeys(r["target"] for r in rows):
+            cells = []
+            for c in codecs_shown:
+                r = next((r for r in rows if r["image"] == img and r["target"] == t and r["codec"] == c), None)
+                if r is None or "psnr" not in r:
+                    cells.append("no fit" if r is not None else "")
+                else:
+                    lab = f" ({r['label'].split(' ', 1)[1]})" if " " in r.get("label", "") else ""
+                    cells.append(f"{r['bytes']}{lab} / {r['psnr']:.2f} / {r['ms_ssim']:.3f} / "
+                                 f"{_f(r.get('ssimulacra2'), '.1f')}")
+            lines.append(f"| {img} | {t} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def crop_sheet(rows, originals: dict, t: float, columns: list[str], out: Path) -> bool:
+    """Original | each column codec, 2x crops (nearest), one row per CROPS image. JPEG q95 4:4:4."""
+    picks = [(n, box) for n, box in CROPS if n in originals]
+    if not picks:
+        return False
+    cw = 256
+    sheet = Image.new("RGB", ((len(columns) + 1) * cw, len(picks) * (cw + 16) + 16), "white")
+    d = ImageDraw.Draw(sheet)
+    for j, title in enumerate(["original"] + columns):
+        d.text((j * cw + 4, 2), title, fill="black")
+    for i, (n, box) in enumerate(picks):
+        y = 16 + i * (cw + 16)
+        ims = [("", originals[n])]
+        for c in columns:
+            r = next((r for r in rows if r["image"] == n and r["target"] == t and r["codec"] == c and "decoded" in r), None)
+            ims.append((f"{r['bytes']} B" + (f" {r['label']}" if "label" in r else "") if r else "no fit",
+                        r["decoded"] if r else None))
+        for j, (cap, im) in enumerate(ims):
+            if im is not None:
+                sheet.paste(im.crop(box).resize((cw, cw), Image.NEAREST), (j * cw, y))
+            d.text((j * cw + 4, y + cw + 1), f"{n} {cap}" if j == 0 else cap, fill="black")
+    sheet.save(out, quality=95, subsampling=0)
+    return True
+
+
+def rd_plots(summary: dict, codecs_shown, out: Path, title: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = []
+    for metric, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM"), ("ssimulacra2", "SSIMULACRA2"),
+                          ("hf_ratio", "HF energy ratio (median)")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for c in codecs_shown:
+            pts = sorted((s["bpp"], s[metric]) for (cc, _), s in summary.items()
+                         if cc == c and s.get("n") and s.get(metric) is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=c)
+        ax.set_xlabel("bits per pixel (whole file)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{title}: {label}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"rd-{metric.replace('_', '')}.png"
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        names.append(name)
+    return names
 
 
 SPEED_SNIPPET = """
 import json, sys, time
 t0 = time.perf_counter()
 import torch
-import tokcodec
 from tokcodec.codec import get_codec
 from tokcodec.imageio import load_image
 path, bpp = sys.argv[1], float(sys.argv[2])
@@ -223,15 +241,14 @@ t3 = time.perf_counter()
 codec.decode(r.data)
 t4 = time.perf_counter()
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"threads": torch.get_num_threads(), "load_s": t1 - t0, "encode_s": t3 - t2, "decode_s": t4 - t3, "bytes": len(r.data),
-                  "setting": f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}",
+print(json.dumps({"threads": torch.get_num_threads(), "load_s": t1 - t0, "encode_s": t3 - t2, "decode_s": t4 - t3,
+                  "bytes": len(r.data), "setting": f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}",
                   "peak_mb": hwm / 1024, "size": list(img.size)}))
 """
 
 
 def mosaic(files: list[Path], cols: int = 5, rows: int = 6) -> Image.Image:
-    """A 3840x3072 (11.8 MP) photo-like test image: Kodak images tiled at native resolution
-    (portrait ones turned), so detail per pixel is that of real photos, unlike an upscale."""
+    """A 3840x3072 (11.8 MP) photo-like test image: Kodak images tiled at native resolution."""
     tiles = []
     for f in files:
         im = load_image(f)
@@ -243,13 +260,12 @@ def mosaic(files: list[Path], cols: int = 5, rows: int = 6) -> Image.Image:
 
 
 def speed(files: list[Path], bpp: float = 0.03) -> list[dict]:
-    """tokc encode (rate control included) and decode time and peak memory, each image in a
-    fresh process, for one Kodak image and the 12-MP mosaic."""
+    """tokc encode (rate control included) and decode time and peak memory, each in a fresh process."""
     out = []
     with tempfile.TemporaryDirectory() as d:
         big = Path(d) / "mosaic-3840x3072.png"
         mosaic(files).save(big)
-        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # every core
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
         for name, path in ((files[0].stem, files[0]), ("12-MP mosaic 3840x3072", big)):
             r = subprocess.run([sys.executable, "-c", SPEED_SNIPPET, str(path), str(bpp)],
                                capture_output=True, text=True, timeout=3600, env=env)
@@ -259,139 +275,103 @@ def speed(files: list[Path], bpp: float = 0.03) -> list[dict]:
             row = json.loads(r.stdout.strip().splitlines()[-1])
             row["image"] = name
             out.append(row)
-            print(f"speed: {name} {row}", file=sys.stderr, flush=True)
     return out
 
 
-def summarise(rows, codecs, targets):
-    table = {}
-    for c in codecs:
-        for t in targets:
-            rs = [r for r in rows if r["codec"] == c and r["target"] == t and "psnr" in r]
-            if not rs:
-                continue
-            s = {k: statistics.fmean([r[k] for r in rs]) for k in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")}
-            s2 = [r["ssimulacra2"] for r in rs if r.get("ssimulacra2") is not None]
-            s["ssimulacra2"] = statistics.fmean(s2) if s2 else None
-            s["floor"] = sum(r["floor"] for r in rs)
-            s["n"] = len(rs)
-            table[(c, t)] = s
-    return table
-
-
-def write_report(out: Path, files, result, targets, mem, command: str, speeds=()) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    rows, codecs = result["rows"], result["codecs"]
-    table = summarise(rows, codecs, targets)
-    for metric, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM"), ("ssimulacra2", "SSIMULACRA2")):
-        if all(v.get(metric) is None for v in table.values()):
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for c in codecs:
-            pts = sorted((v["bpp"], v[metric]) for (cc, _), v in table.items() if cc == c and v.get(metric) is not None)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=c)
-        ax.set_xlabel("bits per pixel (whole file)")
-        ax.set_ylabel(label)
-        ax.set_title(f"Kodak ({len(files)} images): {label}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / f"rd-{metric.replace('_', '')}.png", dpi=110)
-        plt.close(fig)
-    # side-by-side crops at 0.03 bpp
-    sample_t = 0.03 if 0.03 in targets else targets[-1]
-    for f in files[:2]:
-        orig = load_image(f)
-        tk = next((r for r in rows if r["image"] == f.stem and r["codec"] == "tokc" and r["target"] == sample_t and "decoded" in r), None)
-        cl = [r for r in rows if r["image"] == f.stem and not r["codec"].startswith("tokc")
-              and r["target"] == sample_t and "decoded" in r]
-        if tk is None or not cl:
-            continue
-        best = max(cl, key=lambda r: r.get("ssimulacra2") or r["ms_ssim"])
-        w, h = orig.size
-        box = (w // 2 - 128, h // 2 - 128, w // 2 + 128, h // 2 + 128)
-        panels = [("original", orig), (f"tokc {tk['bpp']:.4f} bpp", tk["decoded"]),
-                  (f"{best['codec']} {best['bpp']:.4f} bpp{' (floor)' if best['floor'] else ''}", best["decoded"])]
-        fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-        for ax, (title, im) in zip(axes, panels):
-            ax.imshow(np.asarray(im.crop(box).resize((512, 512), Image.NEAREST)))
-            ax.set_title(title)
-            ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(out / f"samples-{f.stem}.png", dpi=90)
-        plt.close(fig)
-    import PIL
-    import torch
-    lines = ["# Benchmarks", "", f"Command: `{command}`", "",
-             f"Machine: {platform.processor() or platform.machine()}, {platform.system()}, "
-             f"{len(os.sched_getaffinity(0))} CPU cores, no GPU used; tokc timings in the main table use "
-             f"{torch.get_num_threads()} torch thread(s). Python {platform.python_version()}, "
-             f"torch {torch.__version__}, Pillow {PIL.__version__}.", "",
-             f"Images: {len(files)} from the Kodak set ({', '.join(f.stem for f in files)}). "
-             "bpp is the whole file. Classic codecs use their best quality at or under the target; "
-             "`floor` counts images where even their lowest setting is over the target (their real bpp is then higher).",
-             "", "| target bpp | codec | real bpp | PSNR dB | MS-SSIM | SSIMULACRA2 | encode s | decode s | floor |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for t in targets:
-        for c in codecs:
-            v = table.get((c, t))
-            if v is None:
-                lines.append(f"| {t} | {c} | unreachable | | | | | | |")
-                continue
-            s2 = f"{v['ssimulacra2']:.1f}" if v["ssimulacra2"] is not None else "n/a"
-            lines.append(f"| {t} | {c} | {v['bpp']:.4f} | {v['psnr']:.2f} | {v['ms_ssim']:.4f} | {s2} | "
-                         f"{v['encode_s']:.3f} | {v['decode_s']:.3f} | {v['floor']}/{v['n']} |")
-    if mem:
-        lines += ["", "Peak resident memory of one encode+decode in a fresh process (MB):", "",
-                  "| codec | image | peak MB |", "|---|---|---|"]
-        lines += [f"| {c} | {img} | {m:.0f} |" for (c, img), m in mem.items() if m is not None]
-    if speeds:
-        lines += ["", "tokc speed and memory on this CPU: `--bpp 0.03` (rate control included) and a "
-                  "temperature-0 decode, each image in a fresh process; model loading is separate:", "",
-                  "| image | pixels | setting | bytes | encode s | decode s | model load s | peak MB | threads |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['image']} | {r['size'][0]}x{r['size'][1]} | {r['setting']} | {r['bytes']} | "
-                  f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['load_s']:.1f} | {r['peak_mb']:.0f} | {r['threads']} |"
-                  for r in speeds]
-    lines += ["", "Plots: " + ", ".join(f"`{p.name}`" for p in sorted(out.glob("rd-*.png"))),
-              "Samples (0.03 bpp, centre crop 256x256 shown at 2x): " + ", ".join(f"`{p.name}`" for p in sorted(out.glob("samples-*.png")))]
-    (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
-    slim = [{k: v for k, v in r.items() if k != "decoded"} for r in rows]
-    (out / "benchmarks.json").write_text(json.dumps(slim, indent=1))
+def run_set(codec, files, targets, realisms, classics, full: bool, keep_names=()) -> tuple[list, dict]:
+    rows, originals = [], {}
+    for i, f in enumerate(files):
+        img = load_image(f)
+        keep = f.stem in keep_names
+        if keep:
+            originals[f.stem] = img
+        t0 = time.time()
+        rows += bench_image(codec, img, f.stem, targets, realisms, classics, full, keep)
+        print(f"[{i + 1}/{len(files)}] {f.stem} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    return rows, originals
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tokcodec.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/kodak")
+    ap.add_argument("--holdout", default=None, help="training folder whose held-out photos form the second set")
+    ap.add_argument("--holdout-limit", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--targets", default=",".join(map(str, TARGETS)))
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-ssimulacra2", action="store_true")
-    ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--no-speed", action="store_true", help="skip tokc's Kodak and 12-MP speed runs")
+    ap.add_argument("--realism", default=",".join(map(str, REALISMS)))
+    ap.add_argument("--codecs", default=None, help="only these classic codecs, e.g. VVC,AVIF")
+    ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--out", default="docs")
     args = ap.parse_args(argv)
+    import torch
+    torch.set_grad_enabled(False)
+    from .codec import get_codec
+    from .train.data import list_images
     data = Path(args.data)
     if not data.exists():
         raise SystemExit(f"error: {data} not found; pass --data DIR")
     files = sorted(p for p in data.iterdir() if p.suffix.lower() in (".png", ".jpg"))[:args.limit]
     targets = [float(t) for t in args.targets.split(",")]
-    result = run(files, targets, args.repeats, not args.no_ssimulacra2)
-    mem = {}
-    if not args.no_memory:
-        for c in result["codecs"]:
-            if c != "tokc t=1":  # same process as tokc, only the decode temperature differs
-                mem[(c, files[0].stem)] = peak_memory_mb(c, files[0], 0.03)
+    realisms = [float(r) for r in args.realism.split(",")]
+    classics, notes = classic_codecs(names=set(args.codecs.split(",")) if args.codecs else None)
+    codec = get_codec()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    rows, originals = run_set(codec, files, targets, realisms, classics, True, {n for n, _ in CROPS})
+    kodak_min = (time.time() - t_start) / 60
+    tokc_cols = [f"tokc r={r:g}" for r in realisms]
+    shown = tokc_cols + ["VVC", "VVC 1/2", "VVC 1/4"] + [f"{n} best" for n in ("VVC", "AVIF", "JPEG XL", "WebP", "JPEG")]
+    summary = summarise(rows, targets)
+    plots = rd_plots(summary, tokc_cols + ["VVC best", "AVIF best"], out, f"Kodak ({len(files)} images)")
+    sheets = [f"crops-{t:g}.jpg" for t in targets
+              if crop_sheet(rows, originals, t, tokc_cols + ["VVC best", "AVIF best"], out / f"crops-{t:g}.jpg")]
+    hold_rows, hold_summary = [], {}
+    if args.holdout:
+        hfiles = list_images(Path(args.holdout), "holdout")[:args.holdout_limit]
+        hold_rows, _ = run_set(codec, hfiles, targets, realisms, classics, False)
+        hold_summary = summarise(hold_rows, targets)
     speeds = [] if args.no_speed else speed(files)
-    write_report(Path(args.out), files, result, targets, mem, "python -m tokcodec.bench " + " ".join(argv or sys.argv[1:]),
-                 speeds)
-    print(f"wrote {args.out}/benchmarks.md", file=sys.stderr)
+    import PIL
+    cmd = "python -m tokcodec.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = ["# Benchmarks: tokc against classic codecs at equal bytes", "",
+             f"Command: `{cmd}` ({kodak_min:.0f} min for the Kodak part on this machine).", "",
+             f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores, no GPU. Python "
+             f"{platform.python_version()}, torch {torch.__version__}, Pillow {PIL.__version__}; model "
+             f"`{codec.model.model_id.hex()}`" + (f", decoder `{codec.model.decoder_path.name}`" if codec.model.decoder_path else "") + ".", "",
+             "Per image and target, tokc's file (rate control at the target) sets the budget; every classic codec "
+             "uses its best setting whose counted file is at or under tokc's own file for that image, at full size, "
+             "1/2 or 1/4 (Lanczos down and up); `best` rows take the scale with the best MS-SSIM per image and "
+             "`scale won` counts which. VVC: VVenC 1.14.0 `--preset " + VVC_PRESET + "`, one intra frame, QP 0-63, "
+             "8-bit YUV 4:2:0 in and out; its counted size is the raw bitstream + 4 bytes (width, height), + 4 more "
+             "when downscaled. Pillow codecs: the file as written (+ 4 bytes when downscaled). tokc rows decode "
+             "the same file at each realism r (temperature 0, seed 1). HF ratio: decoded over original luma power "
+             "between 1/4 Nyquist and Nyquist (median; 1.0 = as much fine detail as the original). Colour ΔE00: "
+             "mean CIEDE2000 on both images box-downscaled 16x. `images` = images where the codec fits / all.", ""]
+    lines += [f"Note: {n}." for n in notes] + ([""] if notes else [])
+    lines += [f"## Kodak ({len(files)} images)", ""] + table_lines(summary, targets)
+    lines += ["", "Plots: " + ", ".join(f"![{p}]({p})" for p in plots), "",
+              "Crop sheets (original | tokc at each realism | VVC best | AVIF best, equal bytes, 128x128 crops shown "
+              "at 2x, JPEG q95 4:4:4): " + ", ".join(f"[{s}]({s})" for s in sheets), ""]
+    if hold_rows:
+        lines += [f"## Second test set: {len(set(r['image'] for r in hold_rows))} held-out training photos", "",
+                  "Photos of ../shared/data/train with SHA-256(file name)[0] < 8 (`tokcodec.train.data.is_holdout`); "
+                  "nothing trained since the split saw them (the tokenizer and prior of weights v2 predate it). "
+                  "SSIMULACRA2 and butteraugli are skipped here.", ""] + table_lines(hold_summary, targets)
+    if speeds:
+        lines += ["", "## tokc speed and memory", "", "`--bpp 0.03` (rate control included) and a decode at the "
+                  "default realism, each image in a fresh process:", "",
+                  "| image | pixels | setting | bytes | encode s | decode s | model load s | peak MB | threads |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['image']} | {r['size'][0]}x{r['size'][1]} | {r['setting']} | {r['bytes']} | {r['encode_s']:.1f} | "
+                  f"{r['decode_s']:.1f} | {r['load_s']:.1f} | {r['peak_mb']:.0f} | {r['threads']} |" for r in speeds]
+    per_cols = tokc_cols[:1] + tokc_cols[-1:] + ["VVC best", "AVIF best"]
+    lines += ["", "## Per image (Kodak)", ""] + per_image_lines(rows, per_cols)
+    (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    slim = [{k: v for k, v in r.items() if k != "decoded"} for r in rows + hold_rows]
+    (out / "benchmarks.json").write_text(json.dumps(slim, indent=0))
+    print(f"wrote {out}/benchmarks.md", file=sys.stderr)
 
 
 if __name__ == "__main__":

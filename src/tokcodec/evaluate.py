@@ -37,7 +37,7 @@ import torch
 
 from .codec import Codec, CodecError, Setting
 from .imageio import load_image
-from .metrics import compare
+from .metrics import butteraugli_score, compare
 from .schedule import n_stages
 
 TARGETS = (0.005, 0.01, 0.02, 0.03, 0.05)
@@ -129,7 +129,7 @@ class Scorer:
         self.codec, self.temperatures, self.memo, self.realism = codec, temperatures, {}, realism
         self.ssim2 = None
         if ssim2:
-            from .bench import ssimulacra2_score
+            from .metrics import ssimulacra2_score
             self.ssim2 = ssimulacra2_score
 
     def __call__(self, img, data: bytes) -> dict:
@@ -181,30 +181,11 @@ def eval_rate(codec: Codec, files, targets, temperatures=(0.0, 1.0), ssim2: bool
     return {"summary": summary, "per_image": per_image}
 
 
-def butteraugli_score(a, b) -> float | None:
-    """Butteraugli distance from the Debian `butteraugli` program, None when it is absent."""
-    import shutil
-    import subprocess
-    import tempfile
-    exe = shutil.which("butteraugli")
-    if not exe:
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        pa, pb = Path(d) / "a.png", Path(d) / "b.png"
-        a.save(pa)
-        b.save(pb)
-        out = subprocess.run([exe, str(pa), str(pb)], capture_output=True, text=True, check=False)
-    try:
-        return float(out.stdout.split()[0])
-    except (IndexError, ValueError):
-        return None
-
-
 def eval_realism(codec: Codec, files, targets, realisms, ssim2: bool) -> dict:
     """Per target: one rate-controlled file per image, decoded at every realism value."""
     ssim2_fn = None
     if ssim2:
-        from .bench import ssimulacra2_score as ssim2_fn
+        from .metrics import ssimulacra2_score as ssim2_fn
     per_image, rows = {}, {(t, r): [] for t in targets for r in realisms}
     for f in files:
         img = load_image(f)

@@ -105,3 +105,98 @@ def compare(original, decoded) -> dict:
     with torch.no_grad():
         return {"psnr": psnr(a, b), "ms_ssim": float(ms_ssim(a.double(), b.double())[0]),
                 "hf_ratio": hf_ratio(original, decoded)}
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB in 0-255 (..., 3) -> CIELAB (D65)."""
+    c = rgb.astype(np.float64) / 255.0
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    m = np.array([[0.4124564, 0.3575761, 0.1804375],
+                  [0.2126729, 0.7151522, 0.0721750],
+                  [0.0193339, 0.1191920, 0.9503041]])
+    xyz = lin @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
+    """CIEDE2000 colour difference (Sharma, Wu and Dalal 2005) between Lab arrays (..., 3)."""
+    L1, a1, b1 = np.moveaxis(lab1, -1, 0)
+    L2, a2, b2 = np.moveaxis(lab2, -1, 0)
+    cbar = (np.hypot(a1, b1) + np.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - np.sqrt(cbar ** 7 / (cbar ** 7 + 25.0 ** 7)))
+    a1p, a2p = (1 + g) * a1, (1 + g) * a2
+    c1p, c2p = np.hypot(a1p, b1), np.hypot(a2p, b2)
+    h1p = np.degrees(np.arctan2(b1, a1p)) % 360
+    h2p = np.degrees(np.arctan2(b2, a2p)) % 360
+    zero = c1p * c2p == 0
+    dh = h2p - h1p
+    dh = np.where(dh > 180, dh - 360, np.where(dh < -180, dh + 360, dh))
+    dh = np.where(zero, 0.0, dh)
+    dL, dC = L2 - L1, c2p - c1p
+    dH = 2 * np.sqrt(c1p * c2p) * np.sin(np.radians(dh) / 2)
+    lbar, cbarp = (L1 + L2) / 2, (c1p + c2p) / 2
+    hsum = h1p + h2p
+    hbar = np.where(np.abs(h1p - h2p) <= 180, hsum / 2, np.where(hsum < 360, (hsum + 360) / 2, (hsum - 360) / 2))
+    hbar = np.where(zero, hsum, hbar)
+    t = (1 - 0.17 * np.cos(np.radians(hbar - 30)) + 0.24 * np.cos(np.radians(2 * hbar))
+         + 0.32 * np.cos(np.radians(3 * hbar + 6)) - 0.20 * np.cos(np.radians(4 * hbar - 63)))
+    dtheta = 30 * np.exp(-(((hbar - 275) / 25) ** 2))
+    rc = 2 * np.sqrt(cbarp ** 7 / (cbarp ** 7 + 25.0 ** 7))
+    sl = 1 + 0.015 * (lbar - 50) ** 2 / np.sqrt(20 + (lbar - 50) ** 2)
+    sc = 1 + 0.045 * cbarp
+    sh = 1 + 0.015 * cbarp * t
+    rt = -np.sin(np.radians(2 * dtheta)) * rc
+    return np.sqrt((dL / sl) ** 2 + (dC / sc) ** 2 + (dH / sh) ** 2 + rt * (dC / sc) * (dH / sh))
+
+
+def colour_error(original, decoded, factor: int = 16) -> float:
+    """Mean CIEDE2000 between the two images, both box-downscaled by `factor` (the colour of
+    regions, not of detail)."""
+    w, h = original.size
+    size = (max(1, w // factor), max(1, h // factor))
+    a = np.asarray(original.convert("RGB").resize(size, 4))  # 4 = Image.BOX
+    b = np.asarray(decoded.convert("RGB").resize(size, 4))
+    return float(ciede2000(srgb_to_lab(a), srgb_to_lab(b)).mean())
+
+
+def grey_error(decoded) -> int:
+    """Largest difference between two colour channels of one pixel (0 for a grey image)."""
+    a = np.asarray(decoded.convert("RGB")).astype(np.int16)
+    return int(max(np.abs(a[..., 0] - a[..., 1]).max(), np.abs(a[..., 1] - a[..., 2]).max()))
+
+
+def _via_png(a, b, score) -> float | None:
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        pa, pb = Path(d) / "a.png", Path(d) / "b.png"
+        a.save(pa)
+        b.save(pb)
+        return score(str(pa), str(pb))
+
+
+def ssimulacra2_score(a, b) -> float | None:
+    """SSIMULACRA2 (PyPI `ssimulacra2`, optional; 100 = identical, lower = worse); None if absent."""
+    try:
+        from ssimulacra2 import compute_ssimulacra2
+    except ImportError:
+        return None
+    return _via_png(a, b, lambda pa, pb: float(compute_ssimulacra2(pa, pb)))
+
+
+def butteraugli_score(a, b) -> float | None:
+    """Butteraugli distance from the Debian `butteraugli` program (lower = better); None if absent."""
+    import shutil
+    import subprocess
+    exe = shutil.which("butteraugli")
+    if not exe:
+        return None
+
+    def run(pa, pb):
+        out = subprocess.run([exe, pa, pb], capture_output=True, text=True, check=False)
+        try:
+            return float(out.stdout.split()[0])
+        except (IndexError, ValueError):
+            return None
+    return _via_png(a, b, run)

@@ -32,7 +32,7 @@ class TokenizerConfig:
     enc_blocks: tuple[int, int, int] = (1, 1, 2)
     dec_blocks: tuple[int, int, int] = (2, 3, 4)
     codebooks: tuple[int, ...] = (1024, 256, 64, 16)
-    realism_dim: int = 0  # > 0: the decoder takes a realism value r in [0, 1] (FiLM + seeded noise)
+    realism_dim: int = 0  # > 0: the decoder takes a realism value r in [0, 1] (weight delta, FiLM, noise)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,9 +44,9 @@ class TokenizerConfig:
 
 class ResBlock(nn.Module):
     """Residual block. With `cond_dim` > 0 it is realism-conditioned: the hidden activation is
-    modulated by a scale and shift computed from the realism embedding (FiLM), and a one-channel
-    noise map, scaled per channel and by r, is added to it (StyleGAN-style). Both start at zero,
-    so a fresh conditioned block computes exactly what the plain block computes."""
+    modulated by r times a scale and shift computed from the realism embedding (FiLM), and a
+    one-channel noise map, scaled per channel and by r, is added to it (StyleGAN-style). Both
+    vanish at r = 0."""
 
     def __init__(self, ch: int, cond_dim: int = 0):
         super().__init__()
@@ -63,7 +63,8 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: "Conditioning | None" = None) -> torch.Tensor:
         h = self.conv1(F.silu(x))
         if cond is not None and hasattr(self, "film"):
-            scale, shift = self.film(cond.emb).to(h.dtype)[:, :, None, None].chunk(2, 1)
+            r = cond.r.to(h.dtype)[:, None, None, None]
+            scale, shift = (self.film(cond.emb).to(h.dtype)[:, :, None, None] * r).chunk(2, 1)
             h = h * (1 + scale) + shift
             n = cond.noise(h.shape[0], h.shape[2], h.shape[3], h.device, h.dtype)
             h = h + (cond.r.to(h.dtype)[:, None, None, None] * self.noise_scale.to(h.dtype)[None, :, None, None]) * n
@@ -118,9 +119,11 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Code vectors -> image. With `cfg.realism_dim` > 0 every residual block is conditioned on a
-    realism value r in [0, 1]: r = 0 is the fidelity decoder (trained on distortion only, no
-    noise), r = 1 the most realistic one (distortion + adversarial + feature matching)."""
+    """Code vectors -> image. With `cfg.realism_dim` > 0 the decoder takes a realism value r in
+    [0, 1] for the whole batch: every weight of the fidelity decoder becomes `w + r * delta_w`,
+    and every residual block gets r-scaled FiLM and noise. r = 0 is therefore exactly the
+    fidelity decoder (same weights, no noise, seed ignored); r = 1 is the decoder trained with
+    the adversarial loss at full weight; between them the training covers every r."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
@@ -135,22 +138,32 @@ class Decoder(nn.Module):
         self.s1 = nn.ModuleList([ResBlock(c1, d) for _ in range(b1)])
         self.out = nn.Sequential(nn.Conv2d(c1, 48, 3, padding=1), nn.PixelShuffle(4))
         if d:
+            base = [n for n, _ in self.named_parameters() if ".film." not in n and "noise_scale" not in n]
             self.realism = RealismEmbedding(d)
+            self.delta = nn.ParameterDict({n.replace(".", "__"): nn.Parameter(torch.zeros_like(p))
+                                           for n, p in self.named_parameters() if n in base})
 
     @property
     def conditioned(self) -> bool:
         return hasattr(self, "realism")
 
-    def conditioning(self, r: torch.Tensor | float, batch: int, device,
-                     generator: torch.Generator | None = None) -> Conditioning | None:
-        if not self.conditioned:
-            return None
-        r = torch.as_tensor(r, dtype=torch.float32, device=device).reshape(-1).expand(batch)
-        return Conditioning(r, self.realism(r), generator)
+    def base_names(self) -> list[str]:
+        return [k.replace("__", ".") for k in self.delta] if self.conditioned else []
 
-    def forward(self, z: torch.Tensor, realism: torch.Tensor | float = 0.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        cond = self.conditioning(realism, z.shape[0], z.device, generator)
+    def forward(self, z: torch.Tensor, realism: float = 0.0,
+                generator: torch.Generator | None = None, _merged: bool = False) -> torch.Tensor:
+        r = float(realism)
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"realism must be in [0, 1], got {r}")
+        cond = None
+        if self.conditioned and r > 0:
+            if not _merged:  # run again with the weights for this r
+                params = dict(self.named_parameters())
+                merged = {n: params[n] + r * self.delta[n.replace(".", "__")] for n in self.base_names()}
+                return torch.func.functional_call(self, merged, (z,), {"realism": r, "generator": generator,
+                                                                         "_merged": True}, strict=False)
+            rt = torch.full((z.shape[0],), r, device=z.device)
+            cond = Conditioning(rt, self.realism(rt), generator)
         x = self.inp(z)
         for b in self.s3:
             x = b(x, cond)

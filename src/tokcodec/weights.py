@@ -39,24 +39,29 @@ class WeightsError(RuntimeError):
     pass
 
 
-def candidates(explicit: str | os.PathLike | None = None) -> list[Path]:
-    out = []
+def candidates(explicit: str | os.PathLike | None = None) -> list[tuple[Path, str | None]]:
+    """Places to look, in order, each with the name of the setting that asked for it
+    (--weights, TOKC_WEIGHTS) or None for the default places."""
+    out: list[tuple[Path, str | None]] = []
     if explicit:
-        out.append(Path(explicit))
+        out.append((Path(explicit), "--weights"))
     if os.environ.get("TOKC_WEIGHTS"):
-        out.append(Path(os.environ["TOKC_WEIGHTS"]))
+        out.append((Path(os.environ["TOKC_WEIGHTS"]), "TOKC_WEIGHTS"))
     here = Path(__file__).resolve().parent
-    out += [here / "weights", here.parents[1] / "weights"]
+    out += [(here / "weights", None), (here.parents[1] / "weights", None)]
     return out
 
 
 def find(explicit: str | os.PathLike | None = None) -> Path:
-    for c in candidates(explicit):
+    """The weights file to load. A place the user named (--weights, or TOKC_WEIGHTS when
+    --weights is not given) must hold weights: it is an error, not a fallback, if it does not."""
+    for c, asked_by in candidates(explicit):
         f = c / FILENAME if c.is_dir() else c
         if f.is_file():
             return f
-        if explicit and c == Path(explicit):
-            raise WeightsError(f"no weights at {c} (expected a {FILENAME} file or a folder holding one)")
+        if asked_by:
+            raise WeightsError(f"no weights at {c} (from {asked_by}; expected a {FILENAME} file "
+                               "or a folder holding one)")
     raise WeightsError("no model weights found; reinstall tokc or point --weights / TOKC_WEIGHTS "
                        f"at a folder with {FILENAME}")
 
@@ -126,7 +131,10 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         if made_for != mid.hex():
             raise WeightsError(f"decoder weights {dec_file} were trained for model {made_for}, but "
                                f"{f.name} is model {mid.hex()}; install matching files")
-        tok_state = {k: v for k, v in tok_state.items() if not k.startswith("decoder.")}
+        base_dec = model_id({k: v for k, v in tensors.items() if k.startswith("tok.decoder.")}).hex()
+        if dec_meta.get("base_decoder") not in (None, base_dec):
+            raise WeightsError(f"decoder weights {dec_file} extend a different fidelity decoder than "
+                               f"the one in {f.name}; install matching files")
         tok_state.update({f"decoder.{k}": v for k, v in dec_state.items()})
     else:
         dec_file = None
@@ -143,10 +151,16 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
 
 def save_decoder(path: str | os.PathLike, decoder: torch.nn.Module, cfg: TokenizerConfig,
                  model: bytes, provenance: dict) -> None:
-    """Write a decoder file (fp16, prefix `dec.`) for the model with bitstream id `model`."""
-    tensors = {f"dec.{k}": v.detach().cpu().half().contiguous() for k, v in decoder.state_dict().items()}
+    """Write the realism parts of a decoder (fp16, prefix `dec.`: weight deltas, FiLM, noise
+    scales, realism embedding) for the model with bitstream id `model`. The fidelity weights
+    they extend stay in the base file; `base_decoder` names them (hash of its decoder tensors)."""
+    base = set(decoder.base_names())
+    tensors = {f"dec.{k}": v.detach().cpu().half().contiguous() for k, v in decoder.state_dict().items()
+               if k not in base}
+    fid = {f"tok.decoder.{k}": v.detach().cpu().half().contiguous() for k, v in decoder.state_dict().items()
+           if k in base}
     meta = {"model_id": model.hex(), "decoder_config": json.dumps({"realism_dim": cfg.realism_dim}),
-            "provenance": json.dumps(provenance)}
+            "base_decoder": model_id(fid).hex(), "provenance": json.dumps(provenance)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
 

@@ -3,15 +3,15 @@
     python -m tokcodec.train realism --weights weights --data DIR --out runs/realism [--resume]
 
 Starts from the shipped tokenizer; the encoder, the codebooks and the prior stay frozen, so
-every existing .tkc file stays valid. Each training image gets its own realism r (0 with
-probability --p-zero, otherwise uniform in [0, 1]); the decoder's loss per image is
+every existing .tkc file stays valid. The fidelity decoder is frozen: the
+realism decoder's weights are `w + r * delta_w` (see tokenizer.Decoder), so r = 0 is exactly the
+shipped decoder. Each batch gets one realism r, uniform in [--r-min, 1]; the loss is
 
     distortion (MSE + 0.1 L1 + 0.05 (1 - MS-SSIM), as the fidelity decoder was trained)
-    + r * lambda * (hinge adversarial loss + fm_weight * discriminator feature matching)
+    + r * gan_factor * lambda * (hinge adversarial loss + fm_weight * discriminator feature matching)
 
 `lambda` balances the two gradients at the decoder's last layer (the VQGAN adaptive weight,
-smoothed by an EMA) times --gan-factor, so no hand-tuned scale between pixel and GAN losses is
-needed. The discriminator sees the image at two scales and is conditioned on the tokens' code
+smoothed by an EMA), so no hand-tuned scale between pixel and GAN losses is needed. The discriminator sees the image at two scales and is conditioned on the tokens' code
 vectors (upsampled), as in HiFiC; spectral norm on every convolution, hinge loss. No pretrained
 network is used: the discriminator's features are the perceptual loss.
 
@@ -98,9 +98,27 @@ def load_base(weights_path: str | None) -> tuple[Tokenizer, dict]:
     tok = Tokenizer(cfg)
     missing, unexpected = tok.load_state_dict(m.tokenizer.state_dict(), strict=False)
     assert not unexpected, unexpected
-    assert all(k.startswith("decoder.") and (".film." in k or "noise_scale" in k or "realism." in k)
-               for k in missing), missing
+    assert all(k.startswith("decoder.") and (".film." in k or "noise_scale" in k or "realism." in k
+                                             or ".delta." in k) for k in missing), missing
+    base = set(tok.decoder.base_names())
+    for n, p in tok.decoder.named_parameters():  # the fidelity decoder (r = 0) stays as shipped
+        p.requires_grad_(n not in base)
     return tok, m.metadata
+
+
+def init_from_per_image_run(dec, disc, path: Path) -> None:
+    """Warm start from a checkpoint of the earlier per-image-r decoder (every weight trained, FiLM
+    not scaled by r): its weights become the deltas at r = 1, FiLM, noise and discriminator carry over."""
+    ck = load_checkpoint(path)
+    old = ck["ema"]
+    with torch.no_grad():
+        params = dict(dec.named_parameters())
+        for n in dec.base_names():
+            dec.delta[n.replace(".", "__")].copy_(old[n] - params[n])
+        for n, p in params.items():
+            if n in old and not n.startswith("delta.") and n not in dec.base_names():
+                p.copy_(old[n])
+    disc.load_state_dict(ck["disc"])
 
 
 def train_realism(args) -> None:
@@ -114,7 +132,8 @@ def train_realism(args) -> None:
     dec = tok.decoder
     ema = copy.deepcopy(dec).requires_grad_(False)
     disc = Discriminator(tok.cfg.code_dim).to(rt.device)
-    opt = torch.optim.Adam(dec.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    train_params = [p for p in dec.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(train_params, lr=args.lr, betas=(0.5, 0.9))
     dopt = torch.optim.Adam(disc.parameters(), lr=args.dlr, betas=(0.5, 0.9))
     step, lam_ema = 0, None
     if args.resume and ckpt.exists():
@@ -126,6 +145,10 @@ def train_realism(args) -> None:
         dopt.load_state_dict(ck["dopt"])
         step, lam_ema = ck["step"], ck.get("lam_ema")
         print(f"resumed from {ckpt} at step {step}", flush=True)
+    elif args.init_per_image:
+        init_from_per_image_run(dec, disc, Path(args.init_per_image))
+        ema.load_state_dict(dec.state_dict())
+        print(f"initialised from the per-image-r run {args.init_per_image}", flush=True)
     elif args.init_state:  # resume from a committed export: EMA decoder + discriminator
         st = load_state(Path(args.init_state))
         dec.load_state_dict(st["decoder"])
@@ -146,16 +169,15 @@ def train_realism(args) -> None:
     prog = Progress(rt, args.log_every)
     t_end = time.time() + args.minutes * 60 if args.minutes else math.inf
     last_save = time.time()
-    last_layer = dec.out[0].weight
+    last_layer = dec.delta["out__0__weight"]
     while step < args.steps and time.time() < t_end:
         x = data.batch(args.batch).to(rt.device)
         k = ks[int(torch.randint(len(ks), (1,), generator=gen))]
         with torch.no_grad(), amp:
             z = tok.encode_latent(x).float()
         codes = tok.embed(tok.quantize(z, k), k)
-        r = torch.rand(x.shape[0], generator=gen)
-        r[torch.rand(x.shape[0], generator=gen) < args.p_zero] = 0.0
-        r = r.to(rt.device)
+        # one r per batch (the weights depend on r); r = 0 is the frozen fidelity decoder
+        r = args.r_min + (1 - args.r_min) * float(torch.rand((), generator=gen))
         with amp:
             y = dec(codes, r)
         gan_on = step >= args.gan_start
@@ -171,7 +193,7 @@ def train_realism(args) -> None:
         # decoder step
         dist = distortion(x, y)
         loss = dist.mean()
-        stats = {"dist": float(loss), "d_loss": float(d_loss)}
+        stats = {"dist": float(loss), "d_loss": float(d_loss), "r": r}
         if gan_on:
             disc.requires_grad_(False)
             with amp:
@@ -180,27 +202,25 @@ def train_realism(args) -> None:
             adv = sum(per_image(-lf) for lf, _ in fo)
             fm = sum(per_image((ff.float() - fr.detach().float()).abs())
                      for (_, ffs), (_, frs) in zip(fo, real) for ff, fr in zip(ffs, frs)) / 4
-            g = (r * (adv + args.fm_weight * fm)).mean()
+            g = (adv + args.fm_weight * fm).mean()
             gd = torch.autograd.grad(loss, last_layer, retain_graph=True)[0].norm()
             gg = torch.autograd.grad(g, last_layer, retain_graph=True)[0].norm()
             lam = float((gd / (gg + 1e-6)).clamp(0, 1e4))
             lam_ema = lam if lam_ema is None else 0.98 * lam_ema + 0.02 * lam
             warm = min(1.0, (step - args.gan_start + 1) / args.gan_warmup)
-            loss = loss + args.gan_factor * warm * lam_ema * g
+            loss = loss + args.gan_factor * warm * lam_ema * r * g
             stats.update(adv=float(adv.mean()), fm=float(fm.mean()), lam=lam_ema)
+        if r > 0.8:
+            stats["psnr_hi_r"] = float(-10 * torch.log10(F.mse_loss(y.detach().float().clamp(0, 1), x)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(dec.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(train_params, 1.0)
         opt.step()
         with torch.no_grad():
             for pe, pd in zip(ema.parameters(), dec.parameters()):
                 pe.lerp_(pd, 1 - args.ema)
             for be, bd in zip(ema.buffers(), dec.buffers()):
                 be.copy_(bd)
-            z0 = r == 0
-            if z0.any():
-                mse0 = F.mse_loss(y[z0].float().clamp(0, 1), x[z0])
-                stats["psnr_r0"] = float(-10 * torch.log10(mse0))
         step += 1
         prog.update(step, x.shape[0], **stats)
         if time.time() - last_save > args.save_minutes * 60:
@@ -238,7 +258,36 @@ def load_state(path: Path) -> dict:
             "step": int(meta.get("step", 0)), "lam_ema": float(meta["lam_ema"]) if meta.get("lam_ema") else None}
 
 
+def export(args) -> None:
+    """EMA decoder -> weights/decoder.safetensors (fp16, for the base file's model id);
+    discriminator + EMA decoder -> a small training state to resume from (fp16)."""
+    from safetensors.torch import save_file
+    m = W.load(args.weights)
+    ck = load_checkpoint(Path(args.ckpt))
+    cfg = TokenizerConfig.from_dict({**m.tokenizer.cfg.to_dict(), "realism_dim": REALISM_DIM})
+    tok = Tokenizer(cfg)
+    tok.decoder.load_state_dict(ck["ema"])
+    prov = {"what": "realism-conditioned decoder (multi-realism adversarial fine-tuning of the v2 decoder)",
+            "steps": ck["step"], "data": "../shared/data/train minus the held-out photos",
+            "notes": args.notes}
+    out = Path(args.out)
+    W.save_decoder(out / W.DECODER_FILENAME, tok.decoder, cfg, m.model_id, prov)
+    state = {f"decoder.{k}": v.half().contiguous() for k, v in ck["ema"].items()}
+    state.update({f"disc.{k}": v.half().contiguous() for k, v in ck["disc"].items()})
+    Path(args.state).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, args.state, metadata={"step": str(ck["step"]), "lam_ema": str(ck.get("lam_ema") or "")})
+    print(f"wrote {out / W.DECODER_FILENAME} (model {m.model_id.hex()}) and {args.state} at step {ck['step']}")
+
+
 def add_args(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("realism-export", help="write the trained realism decoder into the weights folder")
+    e.add_argument("--ckpt", default="runs/realism/last.pt")
+    e.add_argument("--weights", default=None, help="base weights (default: the installed ones)")
+    e.add_argument("--out", default="weights")
+    e.add_argument("--state", default="train-state/realism.safetensors")
+    e.add_argument("--notes", default="")
+    e.set_defaults(func=export)
+
     p = sub.add_parser("realism", help="adversarial fine-tuning of a realism-conditioned decoder")
     p.add_argument("--weights", default=None, help="shipped weights to start from (default: the installed ones)")
     p.add_argument("--data", required=True)
@@ -248,10 +297,11 @@ def add_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codebooks", default="1024,256,64,16")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--dlr", type=float, default=2e-4)
-    p.add_argument("--p-zero", type=float, default=0.25, help="share of images trained at r = 0")
+    p.add_argument("--r-min", type=float, default=0.05, help="r is drawn per batch from [r_min, 1]")
     p.add_argument("--gan-start", type=int, default=300, help="steps of discriminator-only warm-up")
     p.add_argument("--gan-warmup", type=int, default=500, help="steps to ramp the adversarial weight")
-    p.add_argument("--gan-factor", type=float, default=1.0)
+    p.add_argument("--gan-factor", type=float, default=4.0,
+                   help="adversarial weight at r = 1, in units of the gradient-balancing weight")
     p.add_argument("--fm-weight", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--bf16", type=int, default=1, help="bf16 autocast on CPU (1) or fp32 (0)")
@@ -263,6 +313,7 @@ def add_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init-state", default=None, help="committed training state to continue from")
+    p.add_argument("--init-per-image", default=None, help="warm start from a checkpoint of the per-image-r run")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=train_realism)
