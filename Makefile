@@ -9,9 +9,16 @@ IMG ?= $(shell $(BIN)/python -c "import matplotlib.cbook as c; print(c.get_sampl
 
 .PHONY: setup demo test bench eval eval-modes train-tokenizer train-ladder train-prior fit-quality export clean
 
+# CPU PyTorch: `pip install torch==2.13.0` installs whatever build of 2.13.0 pip finds first. On
+# the development machine that is torch-2.13.0+cpu, a wheel in pip's local find-links folder
+# (/opt/wheels, set by PIP_FIND_LINKS). Elsewhere PyPI would give the CUDA build (about 5.5 GB);
+# take the CPU one from PyTorch's index with
+#   make setup TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+
 $(BIN)/tokc: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/pip install -q -e ".[test,demo]"
 	touch $@
 
@@ -21,7 +28,7 @@ demo: setup
 	mkdir -p out
 	$(BIN)/tokc encode "$(IMG)" out/demo.tkc --bpp 0.03 -v
 	$(BIN)/tokc info out/demo.tkc
-	$(BIN)/tokc decode out/demo.tkc out/demo.png --seed 7
+	$(BIN)/tokc decode out/demo.tkc out/demo.png
 	@echo "decoded image: out/demo.png"
 
 test: setup

@@ -36,3 +36,65 @@ def test_batch_needs_an_output_folder(tmp_path, tiny_weights):
     photo(40, 40).save(tmp_path / "a.png")
     p = tokc("encode", tmp_path / "a.png", weights=tiny_weights)
     assert p.returncode == 2
+
+
+def test_name_clash_keeps_the_extensions(tmp_path, tiny_weights):
+    """photo.jpg and photo.png (and Photo.GIF: names compare ignoring case) must not become
+    one photo.tkc: every clashing input keeps its extension; other names stay short."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    names = ["photo.jpg", "photo.png", "Photo.GIF", "other.png"]
+    for i, name in enumerate(names):
+        photo(48 + 16 * i, 48).save(src / name)  # the width tells the images apart
+    out = tmp_path / "out"
+    p = tokc("encode", src, "-o", out, "--bpp", "0.3", weights=tiny_weights)
+    assert p.returncode == 0, p.stderr.decode()
+    assert sorted(f.name for f in out.iterdir()) == ["Photo.GIF.tkc", "other.tkc", "photo.jpg.tkc", "photo.png.tkc"]
+    assert "encoded 4 file(s), skipped 0" in p.stderr.decode()
+
+    back = tmp_path / "back"
+    assert tokc("decode", out, "-o", back, weights=tiny_weights).returncode == 0
+    decoded = ["photo.jpg.png", "photo.png.png", "Photo.GIF.png", "other.png"]
+    assert sorted(f.name for f in back.iterdir()) == sorted(decoded)
+    for i, name in enumerate(decoded):
+        assert Image.open(back / name).size == (48 + 16 * i, 48)
+
+
+def test_same_name_from_two_folders_is_reported_not_skipped(tmp_path, tiny_weights):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        photo(64, 48, seed=ord(d)).save(tmp_path / d / "x.png")
+    out = tmp_path / "out"
+    p = tokc("encode", tmp_path / "a", tmp_path / "b", tmp_path / "a" / "x.png", "-o", out, "--bpp", "0.3",
+             weights=tiny_weights)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "Traceback" not in err
+    assert "encoded 1 file(s), skipped 0 existing, 1 failed" in err  # a/x.png listed twice: one job
+    assert f"failed: {tmp_path / 'b' / 'x.png'}:" in err and str(tmp_path / "a" / "x.png") in err
+    assert [f.name for f in out.iterdir()] == ["x.png.tkc"]
+
+
+def test_plan_names_clashes_only():
+    from pathlib import Path
+
+    from tokcodec.batch import Job, name_outputs
+    jobs = [Job(Path("in/p.jpg"), Path("o/p.tkc")), Job(Path("in/p.png"), Path("o/p.tkc")),
+            Job(Path("in/q.png"), Path("o/q.tkc"))]
+    assert [str(j.dst) for j in name_outputs(jobs, ".tkc")] == ["o/p.jpg.tkc", "o/p.png.tkc", "o/q.tkc"]
+    assert not any(j.error for j in jobs)
+
+
+def test_output_folder_that_cannot_be_made_fails_before_any_work(tmp_path):
+    photo(40, 40).save(tmp_path / "a.png")
+    (tmp_path / "file").write_bytes(b"x")
+    p = tokc("encode", tmp_path / "a.png", "-o", tmp_path / "file" / "out", weights=tmp_path / "no-weights")
+    err = p.stderr.decode()
+    assert p.returncode == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "cannot create folder" in err
+
+
+def test_batch_outputs_respect_the_umask(tmp_path, tiny_weights):
+    photo(40, 40).save(tmp_path / "a.png")
+    p = tokc("encode", tmp_path / "a.png", "-o", tmp_path / "out", "-q", weights=tiny_weights, umask=0o027)
+    assert p.returncode == 0, p.stderr.decode()
+    assert os.stat(tmp_path / "out" / "a.tkc").st_mode & 0o777 == 0o640

@@ -60,3 +60,33 @@ def test_pixel_limit_and_garbage():
         load_image(png_bytes(photo(100, 100)), max_pixels=5000)
     with pytest.raises(ImageError, match="not an image"):
         load_image(b"GIF89a-but-not-really")
+
+
+def test_unreadable_data_is_named_plainly(tiny_weights):
+    with pytest.raises(ImageError, match="^photo.png is empty, not an image$"):
+        load_image(b"", name="photo.png")
+    for data in (b"\x00" * 50, png_bytes(photo(30, 20))[:40]):  # unknown format; truncated PNG
+        with pytest.raises(ImageError) as e:
+            load_image(data, name="photo.png")
+        assert str(e.value).startswith("photo.png is not an image") and "BytesIO" not in str(e.value)
+    tkc = (tiny_weights / "golden_edge_k64.tkc").read_bytes()
+    with pytest.raises(ImageError, match="is a .tkc file, not an image"):
+        load_image(tkc, name="x.png")
+
+
+def test_written_files_get_umask_permissions(tmp_path):
+    import os
+
+    from tokcodec.imageio import atomic_write
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "new.bin", b"abc")
+        (tmp_path / "old.bin").write_bytes(b"")
+        (tmp_path / "old.bin").chmod(0o604)
+        atomic_write(tmp_path / "old.bin", b"abc")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "new.bin").st_mode & 0o777 == 0o640
+    assert os.stat(tmp_path / "old.bin").st_mode & 0o777 == 0o604
+    assert (tmp_path / "old.bin").read_bytes() == b"abc"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["new.bin", "old.bin"]

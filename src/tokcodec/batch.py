@@ -18,6 +18,7 @@ IMAGE_EXTS = set(FORMATS) | {".jfif", ".heic", ".avif", ".tga"}
 class Job:
     src: Path
     dst: Path
+    error: str | None = None  # set when the job cannot run (an output name shared with another)
 
 
 @dataclass
@@ -32,17 +33,43 @@ class Report:
 
 def plan(inputs: list[str], out_dir: Path, exts: set[str], suffix: str, recursive: bool) -> list[Job]:
     """Map inputs (files or folders) to output paths under out_dir. Folders keep their
-    structure with --recursive; otherwise only their top level is taken."""
-    jobs = []
+    structure with --recursive; otherwise only their top level is taken. An input listed
+    twice is converted once. Output names follow `name_outputs`."""
+    jobs, seen = [], set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = p.rglob("*") if recursive else p.iterdir()
-            for f in sorted(found):
-                if f.is_file() and f.suffix.lower() in exts:
-                    jobs.append(Job(f, out_dir / f.relative_to(p).with_suffix(suffix)))
+            pairs = [(f, f.relative_to(p)) for f in sorted(found) if f.is_file() and f.suffix.lower() in exts]
         else:
-            jobs.append(Job(p, out_dir / (p.stem + suffix)))
+            pairs = [(p, Path(p.name))]
+        for f, rel in pairs:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                jobs.append(Job(f, out_dir / rel.with_suffix(suffix)))
+    return name_outputs(jobs, suffix)
+
+
+def name_outputs(jobs: list[Job], suffix: str) -> list[Job]:
+    """The naming rule for clashes: inputs that would share an output name (photo.jpg and
+    photo.png -> photo.tkc) all keep their extension instead (photo.jpg.tkc, photo.png.tkc);
+    names are compared ignoring case, as some file systems do. A name still shared after that
+    (the same file name from two input folders) goes to the first input in order; the others
+    fail with a message, so no input is ever skipped silently."""
+    def by_name(js):
+        groups: dict[str, list[Job]] = {}
+        for j in js:
+            groups.setdefault(str(j.dst).casefold(), []).append(j)
+        return [g for g in groups.values() if len(g) > 1]
+
+    for group in by_name(jobs):
+        for j in group:
+            j.dst = j.dst.with_name(j.src.name + suffix)
+    for first, *rest in by_name(jobs):
+        for j in rest:
+            j.error = (f"its output {j.dst} would also be the output of {first.src}; "
+                       "convert them into different folders")
     return jobs
 
 
@@ -63,6 +90,8 @@ def run_batch(jobs: list[Job], convert: Callable[[Path, Path], None], overwrite:
     try:
         for job in jobs:
             try:
+                if job.error:
+                    raise ValueError(job.error)
                 if job.dst.exists() and not overwrite:
                     rep.skipped.append(job.src)
                 elif job.dst.resolve() == job.src.resolve():

@@ -15,9 +15,12 @@ import click
 
 from . import __version__
 from .container import DEFAULT_MAX_PIXELS, MODES, FormatError
-from .imageio import ImageError, atomic_write, format_for, image_bytes, load_image
+from .imageio import (ImageError, atomic_write, check_writable_folder, format_for, image_bytes, image_format,
+                      load_image)
 
 DATA_ERRORS = (FormatError, ImageError, OSError, ValueError, RuntimeError)
+DEFAULT_BPP = 0.03
+DEFAULT_THREADS = 1  # fastest measured for one Kodak image on the 2-core machine (see README)
 
 
 def fail(msg: str, code: int = 1):
@@ -25,29 +28,81 @@ def fail(msg: str, code: int = 1):
     sys.exit(code)
 
 
-def read_input(path: str) -> bytes:
+def note(msg: str) -> None:
+    click.echo(f"tokc: note: {msg}", err=True)
+
+
+def display_name(path: str) -> str:
+    return "stdin" if path == "-" else path
+
+
+def check_input(path: str) -> None:
     if path == "-":
-        return sys.stdin.buffer.read()
+        return
     p = Path(path)
     if not p.exists():
         fail(f"{path}: no such file")
     if p.is_dir():
         fail(f"{path} is a folder; give a file")
-    return p.read_bytes()
 
 
-def write_output(path: str, data: bytes, inputs: tuple[str, ...] = ()) -> None:
+def read_input(path: str) -> bytes:
+    check_input(path)
+    return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+
+
+def check_output(path: str, inputs: tuple[str, ...], force: bool, what: str) -> None:
+    """Fail now, before any work, where the output could not be written: binary data to a
+    terminal, a folder given as the file name, the input itself, a folder that is missing or
+    not writable."""
+    if path == "-":
+        if sys.stdout.isatty() and not force:
+            fail(f"{what} not written to a terminal; redirect it or use -f")
+        return
+    out = Path(path)
+    if out.is_dir():
+        fail(f"{path} is a folder; give a file name, or -o {path} to convert into it", 2)
+    for i in inputs:
+        if i != "-" and out.exists() and Path(i).exists() and os.path.samefile(i, out):
+            fail(f"refusing to overwrite the input file {path}")
+    run_guarded(lambda: check_writable_folder(out.parent))
+
+
+def prepare_output_dir(folder: str) -> None:
+    """Batch mode: create the output folder (like mkdir -p) and check that it takes files."""
+    def go():
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot create folder {folder}: {e.strerror or e}") from None
+        check_writable_folder(folder)
+    run_guarded(go)
+
+
+def write_output(path: str, data: bytes) -> None:
     if path == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    out = Path(path)
-    for i in inputs:
-        if i != "-" and Path(i).exists() and out.exists() and os.path.samefile(i, out):
-            fail(f"refusing to overwrite the input file {path}")
-    if not out.parent.exists():
-        fail(f"folder {out.parent} does not exist")
-    atomic_write(out, data)
+    atomic_write(path, data)
+
+
+def set_threads(n: int | None) -> None:
+    import torch
+    torch.set_num_threads(n or DEFAULT_THREADS)
+
+
+def unpack_checked(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """container.unpack, with a hint when the data is an image of any format Pillow reads."""
+    from .container import unpack
+    try:
+        return unpack(data, max_pixels)
+    except FormatError:
+        kind = image_format(data) if data else None
+        if kind:
+            raise FormatError(f"{name} is a {kind} image, not a .tkc file "
+                              "(did you mean `tokc encode`?)") from None
+        raise
 
 
 def run_guarded(fn):
@@ -81,6 +136,9 @@ device_opt = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])
                           show_default=True, help="where the networks run; the bitstream is the same")
 maxpix_opt = click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
                           help="refuse images larger than this")
+threads_opt = click.option("--threads", type=click.IntRange(1, 1024), default=None,
+                           help=f"CPU threads for the networks (default {DEFAULT_THREADS}, the fastest "
+                                "measured; the output does not depend on it)")
 
 
 def batch_or_single(paths: tuple[str, ...], output_dir: str | None):
@@ -111,7 +169,7 @@ batch_opts = [
     click.option("-o", "--output-dir", type=str, default=None, help="batch mode: write outputs into this folder"),
     click.option("-r", "--recursive", is_flag=True, help="batch mode: walk sub-folders, keeping their structure"),
     click.option("--overwrite", is_flag=True, help="batch mode: replace existing outputs (default: skip them)"),
-    click.option("-q", "--quiet", is_flag=True, help="no progress bar or summary"),
+    click.option("-q", "--quiet", is_flag=True, help="no notes, progress bar or summary"),
 ]
 
 
@@ -123,10 +181,45 @@ def with_options(opts):
     return deco
 
 
+def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | None, k: int | None,
+                     mode: str | None, quantile: float | None, given: bool, strict: bool):
+    """codec.encode, plus what the target meant: (result, note or None). Without --bpp/--bytes,
+    an image too small for the default target (1x1, 17x9) gets the smallest file and a note.
+    With a target above what the richest setting needs, the file is smaller than the target:
+    a note (given targets), or an error with --strict."""
+    from .codec import CodecError, TargetError
+    w, h = img.size
+    try:
+        r = codec.encode(img, bpp, nbytes, k, mode, quantile)
+    except TargetError as e:
+        if given or strict:
+            raise
+        r = e.smallest
+        return r, (f"{name}: {w}x{h} is too small for the default {bpp:g} bpp; wrote the smallest file "
+                   f"instead, {len(r.data)} bytes ({8 * len(r.data) / (w * h):.4f} bpp)")
+    size = len(r.data)
+    under = size < nbytes if nbytes is not None else bpp is not None and 8 * size / (w * h) < bpp
+    richest = max((g[-1] for g in codec.groups(k, mode, quantile)), key=codec.expected_quality)
+    if under and r.setting == richest:
+        target = (f"--bytes {nbytes}" if nbytes is not None else f"--bpp {bpp:g}" if given
+                  else f"the default {bpp:g} bpp")
+        s = r.setting
+        why = (f"{name}: {size} bytes ({8 * size / (w * h):.4f} bpp), smaller than the target {target}, "
+               f"because the richest setting (K={s.codebook}, mode {s.mode}) needs no more")
+        if strict:
+            raise CodecError(f"{why} (--strict)")
+        if given:
+            return r, f"{why}; --strict makes this an error"
+    return r, None
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=str)
-@click.option("--bpp", type=float, default=None, help="target bits per pixel (whole file); default 0.03")
+@click.option("--bpp", type=float, default=None, help=f"target bits per pixel (whole file); default {DEFAULT_BPP}")
 @click.option("--bytes", "nbytes", type=int, default=None, help="target file size in bytes")
+@click.option("--strict", is_flag=True,
+              help="fail when the file cannot land at the target: above what the richest setting needs, "
+                   "or (tiny images) below the smallest file")
 @click.option("--codebook", "-k", type=click.Choice(["16", "64", "256", "1024"]), default=None,
               help="codebook size K (coarse rate knob)")
 @click.option("--mode", type=click.Choice(MODES), default=None, help="which tokens are kept")
@@ -138,8 +231,9 @@ def with_options(opts):
 @weights_opt
 @device_opt
 @maxpix_opt
-def encode(paths, bpp, nbytes, codebook, mode, quantile, force, verbose, output_dir, recursive, overwrite,
-           quiet, weights, device, max_pixels):
+@threads_opt
+def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, force, verbose, output_dir, recursive, overwrite,
+           quiet, weights, device, max_pixels, threads):
     """Encode images to .tkc: `tokc encode IN OUT` (- for stdin/stdout), or
     `tokc encode FILES|FOLDERS... -o OUTDIR` for many files."""
     single = batch_or_single(paths, output_dir)
@@ -147,17 +241,19 @@ def encode(paths, bpp, nbytes, codebook, mode, quantile, force, verbose, output_
         raise click.UsageError("give --bpp or --bytes, not both")
     if bpp is not None and bpp <= 0 or nbytes is not None and nbytes <= 0:
         raise click.UsageError("the target must be positive")
-    if single and single[1] == "-" and sys.stdout.isatty() and not force:
-        fail("compressed data not written to a terminal; redirect it or use -f", 1)
+    given = bpp is not None or nbytes is not None
     explicit = codebook is not None and mode is not None and mode in ("entire", "checkerboard")
-    if bpp is None and nbytes is None and not explicit:
-        bpp = 0.03
+    if not given and not explicit:
+        bpp = DEFAULT_BPP
     k = int(codebook) if codebook else None
 
     def encode_bytes(raw: bytes, name: str) -> bytes:
         from .codec import get_codec
-        img = load_image(raw, max_pixels)
-        r = get_codec(weights, device).encode(img, bpp, nbytes, k, mode, quantile)
+        img = load_image(raw, max_pixels, name)
+        r, msg = encode_to_target(get_codec(weights, device), img, name, bpp, nbytes, k, mode, quantile, given,
+                                  strict)
+        if msg and not quiet:
+            note(msg)
         if verbose:
             w, h = img.size
             s = r.setting
@@ -169,10 +265,16 @@ def encode(paths, bpp, nbytes, codebook, mode, quantile, force, verbose, output_
 
     if single:
         src, dst = single
-        run_guarded(lambda: write_output(dst, encode_bytes(read_input(src), src), (src,)))
+        check_input(src)
+        check_output(dst, (src,), force, "compressed data")
+        set_threads(threads)
+        run_guarded(lambda: write_output(dst, encode_bytes(read_input(src), display_name(src))))
         return
     from .batch import IMAGE_EXTS, plan, run_batch
     jobs = plan(list(paths), Path(output_dir), IMAGE_EXTS, ".tkc", recursive)
+    if jobs:
+        prepare_output_dir(output_dir)
+    set_threads(threads)
     rep = run_guarded(lambda: run_batch(
         jobs, lambda s, d: atomic_write(d, encode_bytes(s.read_bytes(), str(s))), overwrite, quiet, "encode"))
     finish_batch(rep, quiet, "encoded")
@@ -181,46 +283,53 @@ def encode(paths, bpp, nbytes, codebook, mode, quantile, force, verbose, output_
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=str)
 @click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True,
-              help="seed for sampled tokens (temperature > 0) and the realism decoder's noise")
+              help="seed for regenerated detail; it matters only at --temperature > 0 (sampled tokens) "
+                   "or --realism > 0 (the realism decoder's noise), otherwise every seed gives the "
+                   "same image")
 @click.option("--temperature", "-t", type=click.FloatRange(0, 5), default=0.0, show_default=True,
               help="token sampling for dropped tokens: 0 = most likely (the seed then has no "
                    "effect); higher = more varied tokens")
 @click.option("--realism", type=click.FloatRange(0, 1), default=None,
               help="pixel decoder: 0 = fidelity (smooth, lowest distortion), 1 = most realistic "
-                   "texture; default 0.6")
+                   "texture; default 0.6 with weights that have a realism decoder, else 0")
 @click.option("--format", "fmt", type=str, default=None,
               help="output format (png, jpg, webp...) when the name does not tell; batch default png")
+@click.option("-f", "--force", is_flag=True, help="write image data to a terminal anyway")
 @with_options(batch_opts)
 @weights_opt
 @device_opt
 @maxpix_opt
-def decode(paths, seed, temperature, realism, fmt, output_dir, recursive, overwrite, quiet, weights, device, max_pixels):
+@threads_opt
+def decode(paths, seed, temperature, realism, fmt, force, output_dir, recursive, overwrite, quiet, weights, device,
+           max_pixels, threads):
     """Decode .tkc files to images: `tokc decode IN OUT` (- for stdin/stdout; the format
     follows OUT's extension), or `tokc decode FILES|FOLDERS... -o OUTDIR`."""
     single = batch_or_single(paths, output_dir)
 
-    def decode_bytes(data: bytes, target: str) -> bytes:
+    def decode_bytes(data: bytes, target: str, name: str) -> bytes:
         from .codec import get_codec
-        from .container import unpack
-        unpack(data, max_pixels)  # reject damaged files before loading the model
+        unpack_checked(data, name, max_pixels)  # reject damaged files before loading the model
         img = get_codec(weights, device).decode(data, seed, temperature, max_pixels, realism)
         return image_bytes(img, target)
 
     if single:
         src, dst = single
-
-        def go():
-            target = format_for("x." + fmt.lower().lstrip(".")) if fmt else format_for(dst)
-            write_output(dst, decode_bytes(read_input(src), target), (src,))
-
-        run_guarded(go)
+        check_input(src)
+        check_output(dst, (src,), force, "image data")
+        target = run_guarded(lambda: format_for("x." + fmt.lower().lstrip(".")) if fmt else format_for(dst))
+        set_threads(threads)
+        run_guarded(lambda: write_output(dst, decode_bytes(read_input(src), target, display_name(src))))
         return
     from .batch import plan, run_batch
     ext = "." + (fmt or "png").lower().lstrip(".")
     target = run_guarded(lambda: format_for("x" + ext))
     jobs = plan(list(paths), Path(output_dir), {".tkc"}, ext, recursive)
+    if jobs:
+        prepare_output_dir(output_dir)
+    set_threads(threads)
     rep = run_guarded(lambda: run_batch(
-        jobs, lambda s, d: atomic_write(d, decode_bytes(s.read_bytes(), target)), overwrite, quiet, "decode"))
+        jobs, lambda s, d: atomic_write(d, decode_bytes(s.read_bytes(), target, str(s))), overwrite, quiet,
+        "decode"))
     finish_batch(rep, quiet, "decoded")
 
 
@@ -232,7 +341,9 @@ def info(input, as_json):
 
     def go():
         from .codec import describe
-        d = describe(read_input(input))
+        data = read_input(input)
+        unpack_checked(data, display_name(input))
+        d = describe(data)
         if as_json:
             click.echo(json.dumps(d))
         else:

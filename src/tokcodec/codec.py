@@ -33,6 +33,14 @@ class CodecError(RuntimeError):
     """A valid-looking file that this model cannot decode, or an unreachable target."""
 
 
+class TargetError(CodecError):
+    """The target is below the smallest setting's file; `smallest` is that file (an exact encode)."""
+
+    def __init__(self, msg: str, smallest: "EncodeResult"):
+        super().__init__(msg)
+        self.smallest = smallest
+
+
 @dataclass(frozen=True)
 class Setting:
     codebook: int
@@ -289,9 +297,9 @@ class Codec:
         # nothing fits: name the smallest setting (by estimate; its size is exact)
         smallest = exact(min((g[0] for g in groups), key=lambda s: self.estimate_bytes(a, s)))
         got = 8 * len(smallest.data) / (w * h)
-        raise CodecError(f"target {8 * budget / (w * h):.4f} bpp ({budget} bytes) cannot be reached "
-                         f"for this image; the smallest setting gives {got:.4f} bpp "
-                         f"({len(smallest.data)} bytes)")
+        raise TargetError(f"target {8 * budget / (w * h):.4f} bpp ({budget} bytes) cannot be reached "
+                          f"for this image; the smallest setting gives {got:.4f} bpp "
+                          f"({len(smallest.data)} bytes)", smallest)
 
     def search(self, groups: list[list[Setting]], fits) -> Setting | None:
         """The setting of highest expected quality that `fits`, groups in order of their best."""

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .container import DEFAULT_MAX_PIXELS
+from .container import DEFAULT_MAX_PIXELS, looks_like_tkc
 
 
 class ImageError(ValueError):
@@ -37,10 +38,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(data: bytes | str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Bytes or a path -> upright 8-bit RGB image. Raises ImageError with a one-line reason."""
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    name = "input" if isinstance(data, (bytes, bytearray)) else str(data)
+def load_image(data: bytes | str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+               name: str | None = None) -> Image.Image:
+    """Bytes or a path -> upright 8-bit RGB image. Raises ImageError with a one-line reason
+    that names the input (`name`, default: the path, or "input" for bytes)."""
+    in_memory = isinstance(data, (bytes, bytearray))
+    src = io.BytesIO(data) if in_memory else data
+    name = name or ("input" if in_memory else str(data))
+    if in_memory and not data:
+        raise ImageError(f"{name} is empty, not an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -59,8 +65,24 @@ def load_image(data: bytes | str | os.PathLike, max_pixels: int = DEFAULT_MAX_PI
                          "raise it with --max-pixels if you trust the file") from None
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
+    except UnidentifiedImageError:  # its message names the BytesIO object, not the file
+        if in_memory and looks_like_tkc(data):
+            raise ImageError(f"{name} is a .tkc file, not an image (did you mean `tokc decode`?)") from None
+        raise ImageError(f"{name} is not an image Pillow can read (unknown format)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name} is not an image Pillow can read ({e})") from None
+        why = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(e))
+        raise ImageError(f"{name} is not an image Pillow can read ({why})") from None
+
+
+def image_format(data: bytes) -> str | None:
+    """The format name of image data Pillow recognises ("PNG", "TIFF", ...), else None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                return im.format or "image"
+    except Exception:  # noqa: BLE001 - anything Pillow cannot open is not an image here
+        return None
 
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
@@ -84,17 +106,52 @@ def image_bytes(im: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def new_file_mode(path: str | os.PathLike) -> int:
+    """Permissions for a file written at `path`: those of the file it replaces (as cp keeps
+    them), else 0o666 less the umask (as any new file)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """Raise ImageError unless `folder` exists and a file can be created in it (what
+    atomic_write will do), so that a bad output place fails before any work."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ImageError(f"folder {folder} does not exist")
+    if not folder.is_dir():
+        raise ImageError(f"{folder} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tokc-check.", suffix=".part", dir=folder)
+    except OSError as e:
+        raise ImageError(f"cannot write into folder {folder}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temporary file in the target folder, then rename: never a partial file."""
+    """Write via a temporary file in the target folder, then rename: never a partial file.
+    The file gets `new_file_mode` (mkstemp alone would leave it 0600)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
+    mode = new_file_mode(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as e:  # its message would name the temporary file
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):  # "No space left on device", ... without the temporary name
+            raise OSError(f"cannot write {path}: {e.strerror or e}") from None
         raise
