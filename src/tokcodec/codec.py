@@ -103,9 +103,11 @@ class EncodeResult:
 
 def check_ids(hd: Header) -> None:
     """Refuse schedule and coder ids this tokc does not implement (needs no model)."""
-    if hd.schedule_id != schedule.SCHEDULE_ID or hd.coder_id not in entropy.CODERS:
-        raise CodecError(f"file uses schedule {hd.schedule_id} / coder {hd.coder_id}, which this "
-                         "tokc does not implement; upgrade tokc")
+    if hd.schedule_id != schedule.SCHEDULE_ID:
+        raise CodecError(f"file uses schedule {hd.schedule_id}, which this tokc does not implement; "
+                         "upgrade tokc")
+    if hd.coder_id not in entropy.CODERS:
+        raise CodecError(f"file uses coder {hd.coder_id}, which this tokc does not implement; upgrade tokc")
 
 
 def read_mask(c: Container) -> tuple[entropy.Decoder, np.ndarray]:

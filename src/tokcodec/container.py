@@ -26,6 +26,7 @@ MAGIC = b"\x89TKC"
 MAJOR, MINOR = 1, 0
 MAX_DIMENSION = 65535
 DEFAULT_MAX_PIXELS = 64_000_000
+MIN_FILE_BYTES = 26  # magic, version, the shortest header (1x1, no extension), file CRC; no payload
 MODES = ("entire", "edge", "edge_more", "checkerboard")
 KNOWN_EXTENSIONS: dict[int, str] = {}  # tag -> name; none defined in 1.0
 
@@ -159,7 +160,7 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
         if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff":
             raise FormatError("this is an image, not a .tkc file (did you mean `tokc encode`?)")
         raise FormatError("not a .tkc file (bad magic bytes)")
-    if len(data) < 4 + 2 + 1 + 4:
+    if len(data) < MIN_FILE_BYTES:
         raise FormatError("file is truncated")
     major, minor = data[4], data[5]
     if major != MAJOR:

@@ -111,7 +111,7 @@ class Decoder:
         self.coder_id = coder_id
         self._words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         self._dec = constriction.stream.queue.RangeDecoder(self._words)
-        # the coder's state, followed in integers (spec section 4.3)
+        # the coder's state, followed in integers (spec section 4.2)
         self._lower, self._range, self._renorms, self._symbols = 0, _MASK64, 0, 0
 
     def decode(self, counts) -> np.ndarray:
