@@ -650,16 +650,28 @@ def generate(d: Decoded, model: Model, seed: int, t: int) -> list[int]:
 
 # ---------------------------------------------------------------------------- section 8: pixels
 
-def render(tokens: list[int], h: int, w: int, k: int, model: Model, width: int, height: int):
-    """Section 8 in float64 (realism-free decoder): RGB uint8 array (height, width, 3)."""
+def render(tokens: list[int], h: int, w: int, k: int, model: Model, width: int, height: int,
+           realism: float = 0.0, decoder: Weights | None = None, noise=None):
+    """Section 8 in float64: RGB uint8 array (height, width, 3). With a realism decoder file
+    (`decoder`, section 8.3) and r > 0, `noise(H, W)` supplies each block's N(0, 1) map."""
     import numpy as np
 
     wt = model.weights
     cfg = json.loads(wt.metadata["tokenizer_config"])
+    r = realism if decoder is not None else 0.0
+
+    def arr(weights, name):
+        return np.array(weights.values(name), dtype=np.float64).reshape(weights.raw[name][1])
 
     def t(name):
-        dtype, shape, _ = wt.raw[f"tok.decoder.{name}"]
-        return np.array(wt.values(f"tok.decoder.{name}"), dtype=np.float64).reshape(shape)
+        v = arr(wt, f"tok.decoder.{name}")
+        return v + r * arr(decoder, "dec.delta." + name.replace(".", "__")) if r > 0 else v
+
+    if r > 0:
+        f = np.array([r] + [np.sin(np.pi * i * r) for i in range(1, 5)] + [np.cos(np.pi * i * r) for i in range(1, 5)])
+        silu0 = (lambda v: v / (1 + np.exp(-v)))
+        e = silu0(arr(decoder, "dec.realism.mlp.0.weight") @ f + arr(decoder, "dec.realism.mlp.0.bias"))
+        e = silu0(arr(decoder, "dec.realism.mlp.2.weight") @ e + arr(decoder, "dec.realism.mlp.2.bias"))
 
     def conv(name, x):
         wgt, b = t(f"{name}.weight"), t(f"{name}.bias")
@@ -676,7 +688,13 @@ def render(tokens: list[int], h: int, w: int, k: int, model: Model, width: int, 
         return x.reshape(c // (r * r), r, r, hh, ww).transpose(0, 3, 1, 4, 2).reshape(c // (r * r), hh * r, ww * r)
 
     def block(name, x):
-        return x + conv(f"{name}.conv2", silu(conv(f"{name}.conv1", silu(x))))
+        hid = conv(f"{name}.conv1", silu(x))
+        if r > 0:
+            c = hid.shape[0]
+            gs = r * (arr(decoder, f"dec.{name}.film.weight") @ e + arr(decoder, f"dec.{name}.film.bias"))
+            hid = hid * (1 + gs[:c, None, None]) + gs[c:, None, None]
+            hid = hid + r * arr(decoder, f"dec.{name}.noise_scale")[:, None, None] * noise(*hid.shape[1:])
+        return x + conv(f"{name}.conv2", silu(hid))
 
     cb = np.array(wt.values(f"tok.codebook_{k}"), dtype=np.float64).reshape(k, -1)
     x = cb[np.array(tokens)].reshape(h, w, -1).transpose(2, 0, 1)

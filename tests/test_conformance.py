@@ -191,3 +191,32 @@ def test_spec_check_values():
     assert [ref.LegacyPCG64(0).below(1000)] == [850]
     g = rng.LegacyGenerator(0)
     assert [g.below(1000) for _ in range(4)] == [850, 636, 511, 269]
+
+
+def test_realism_decoder_follows_section_8_3(tmp_path, model):
+    """Section 8.3 with tokc's own noise source: the float64 reference and tokc agree within the
+    tolerance at r > 0, and r = 0 is exactly the fidelity decoder."""
+    import shutil
+
+    import torch
+
+    from tiny import make_decoder
+    from tokcodec.codec import Codec
+    shutil.copy(SUITE / "tokc.safetensors", tmp_path / "tokc.safetensors")
+    make_decoder(tmp_path)
+    codec = Codec(str(tmp_path), "cpu")
+    entry = next(e for e in DECODE if e["file"] == "entire_k64_40x24.tkc")
+    h = entry["header"]
+    grid = np.array(entry["tokens"]).reshape(h["grid"])
+    size = (h["width"], h["height"])
+    assert np.array_equal(np.asarray(codec.render(grid, 64, size, 0.0, 5)),
+                          np.asarray(Codec(str(SUITE), "cpu").render(grid, 64, size, 0.0, 5)))
+    for r in (0.3, 1.0):
+        gen = torch.Generator().manual_seed(5)
+        want = ref.render(entry["tokens"], *h["grid"], 64, model, *size, realism=r,
+                          decoder=ref.Weights(tmp_path / "decoder.safetensors"),
+                          noise=lambda hh, ww: torch.randn(1, 1, hh, ww, generator=gen)[0, 0].double().numpy())
+        got = np.asarray(codec.render(grid, 64, size, r, 5))
+        diff = np.abs(got.astype(int) - want.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() <= 0.01
+        assert not np.array_equal(got, np.asarray(codec.render(grid, 64, size, 0.0, 5)))
