@@ -122,3 +122,35 @@ def test_estimated_rate_control_picks_what_exact_search_picks(codec, nbytes):
     want = codec.search(groups, lambda s: len(codec.encode_setting(a, s).data) <= nbytes)
     assert got.setting == want
     assert len(got.data) <= nbytes
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (2, 18), (10, 16), (22, 6)])
+def test_blank_grid_has_one_table_everywhere(codec, grid):
+    """Stage 0 is decoded without a pass over the whole grid: on a grid of [MASK] every
+    position's table equals the one computed on a 2x2 grid (exactly, borders included)."""
+    import torch
+    for k in codec.model.codebooks:
+        ctx = torch.full(grid, k, dtype=torch.int64)
+        full = codec.model.prior.counts(ctx, k, torch.arange(grid[0] * grid[1]))
+        assert torch.equal(full, codec.blank_counts(k).expand(len(full), -1))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stage_tables_skip_the_pass_only_where_nothing_is_known(codec, seed):
+    """Positions whose receptive field holds no known token get the blank table without a pass;
+    every table still equals the full pass's, for known tokens at random places."""
+    import torch
+    rng = np.random.default_rng(seed)
+    h, w = 2 * rng.integers(1, 20, 2)
+    k = 16
+    ctx = np.full((h, w), k, dtype=np.int64)
+    for _ in range(rng.integers(1, 4)):
+        ctx[rng.integers(0, h), rng.integers(0, w)] = rng.integers(0, k)
+    pos = np.arange(h * w)
+    full = codec.model.prior.counts(torch.from_numpy(ctx), k, torch.from_numpy(pos))
+    assert torch.equal(codec._stage_counts(ctx, k, pos), full)
+    sees = codec.sees_known(ctx != k, pos)
+    blank = codec.blank_counts(k)[0]
+    assert all(torch.equal(full[p], blank) for p in pos[~sees])
+    if h * w > 64:
+        assert (~sees).any()  # the shortcut is used

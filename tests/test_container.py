@@ -92,9 +92,49 @@ def test_unknown_critical_extension_rejected_ancillary_skipped():
 
 
 def test_size_limits_checked_before_allocation():
+    big = Container(sample(width=60000, height=60000).header, b"\0" * 4096)
     with pytest.raises(FormatError, match="over the limit"):
-        unpack(pack(sample(width=60000, height=60000)))
-    assert unpack(pack(sample(width=60000, height=60000)), max_pixels=60000 ** 2).header.width == 60000
+        unpack(pack(big))
+    assert unpack(pack(big), max_pixels=60000 ** 2).header.width == 60000
+
+
+@pytest.mark.parametrize("mode", container.MODES)
+@pytest.mark.parametrize("k", [2, 16, 1024, 32768])
+def test_payload_too_short_for_the_grid_is_refused(mode, k):
+    """A payload of n words carries < 32 n bits; every kept token and block bit costs at least
+    its floor, so a huge grid with a tiny payload is refused without any model."""
+    h = sample(width=8000, height=8000, mode=mode, codebook=k).header
+    need = container.min_payload_bits(h)
+    words = int(need // 32)  # the largest payload that is still too short
+    with pytest.raises(FormatError, match="too short"):
+        unpack(pack(Container(h, b"\0" * 4 * words)), max_pixels=8000 ** 2)
+    assert unpack(pack(Container(h, b"\0" * 4 * (words + 1))), max_pixels=8000 ** 2).header.mode == mode
+
+
+def test_empty_payload_is_refused_for_any_grid():
+    for w, h in [(1, 1), (8000, 8000), (65535, 976)]:
+        with pytest.raises(FormatError, match="too short"):
+            unpack(pack(Container(sample(width=w, height=h, codebook=16, mode="entire").header, b"")),
+                   max_pixels=64_000_000)
+
+
+def test_floors_are_below_the_cheapest_symbol_a_table_allows():
+    """The cheapest token: every other symbol at count 1 (the prior's tables sum to <= 2**20);
+    the cheapest block bit: adaptive counts (1023, 1). Both coders give each other symbol at
+    least 16 of 2**24."""
+    import numpy as np
+
+    from tokcodec.entropy import quantized_cdf
+    for k in (2, 16, 1024, 32768):
+        row = np.ones((1, k), dtype=np.int64)
+        row[0, 0] = (1 << 20) - k + 1
+        for coder in (1, 2):
+            cdf = quantized_cdf(row, coder)[0]
+            cheapest = -np.log2((cdf[1] - cdf[0]) / 2 ** 24)
+            assert container.token_floor_bits(k) < cheapest
+    for coder in (1, 2):
+        cdf = quantized_cdf(np.array([[1023, 1]]), coder)[0]
+        assert container.BLOCK_FLOOR_BITS < -np.log2((cdf[1] - cdf[0]) / 2 ** 24)
 
 
 def test_grid_is_padded_to_two_tokens():

@@ -10,7 +10,9 @@ decode: .tkc -> validate -> block map -> kept tokens stage by stage (same tables
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import zlib
 from dataclasses import dataclass
 
@@ -18,19 +20,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import container, entropy, mask, schedule
-from .container import Container, FormatError, Header
+from . import container, entropy, errors, mask, schedule
+from .container import Container, Header
+from .errors import ArgumentError, ArgumentTypeError, CodecError, FormatError, TokcError
+from .imageio import ImageError as _ImageError
 from .prior import COUNT_BITS, counts_from_logits
 from .rng import LegacyGenerator, sample_at
-from .weights import Model, load
+from .weights import Model, WeightsError as _WeightsError, find as find_weights, load
 
 QUANTILES = tuple(i / 20 for i in range(19))  # edge-block shares tried by rate control
 ESTIMATE_MARGIN = 0.01  # rate control codes exactly only settings within 1% (+8 bytes) of the budget
 UNIT = 32  # pad to a multiple of two tokens so the 2x2 phase groups tile evenly
 
 
-class CodecError(RuntimeError):
-    """A valid-looking file that this model cannot decode, or an unreachable target."""
+class WeightsError(TokcError, _WeightsError):
+    """The model weights cannot be found or read, or do not fit together."""
+
+
+class ImageError(TokcError, _ImageError):
+    """An input image cannot be read."""
 
 
 class TargetError(CodecError):
@@ -116,8 +124,14 @@ def read_mask(c: Container) -> tuple[entropy.Decoder, np.ndarray]:
     hd = c.header
     check_ids(hd)
     dec = entropy.Decoder(c.payload, hd.coder_id)
-    blocks = mask.decode_blocks(dec, (hd.grid[0] // 2, hd.grid[1] // 2)) if hd.mode in mask.USES_BLOCKS else None
-    return dec, mask.keep_mask(hd.mode, hd.grid, blocks)
+    floor = container.token_floor_bits(hd.codebook)
+    blocks = None
+    if hd.mode in mask.USES_BLOCKS:
+        tail = container.min_kept_tokens(hd) * floor
+        blocks = mask.decode_blocks(dec, (hd.grid[0] // 2, hd.grid[1] // 2), tail)
+    keep = mask.keep_mask(hd.mode, hd.grid, blocks)
+    dec.require(int(keep.sum()) * floor, f"its {int(keep.sum())} kept tokens")
+    return dec, keep
 
 
 def pad_image(rgb: np.ndarray) -> np.ndarray:
@@ -132,6 +146,8 @@ def token_crc(tokens: list[np.ndarray]) -> int:
 
 
 def _device(name: str) -> torch.device:
+    if not isinstance(name, str) or not (name in ("auto", "cpu") or name.split(":")[0] == "cuda"):
+        raise ArgumentError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -142,7 +158,12 @@ def _device(name: str) -> torch.device:
 class Codec:
     def __init__(self, weights: str | None = None, device: str = "auto"):
         self.device = _device(device)
-        self.model: Model = load(weights, self.device)
+        check_weights_arg(weights)
+        try:
+            self.model: Model = load(weights, self.device)
+        except _WeightsError as e:
+            raise WeightsError(str(e)) from None
+        self._blank: dict[int, torch.Tensor] = {}
         ids = (self.model.model_id.hex(), self.model.legacy_id.hex())
         self.quality = QUALITY if QUALITY_MODEL in ids else {}
 
@@ -167,7 +188,44 @@ class Codec:
 
     # ------------------------------------------------------------------ coding passes
     def _stage_counts(self, ctx: np.ndarray, k: int, positions: np.ndarray) -> torch.Tensor:
-        return self.model.prior.counts(torch.from_numpy(ctx), k, torch.from_numpy(positions))
+        """Exact count tables at `positions`. Positions that no known token can reach get the
+        blank table without a pass over the grid; the others come from one pass."""
+        sees = self.sees_known(ctx != k, positions)
+        counts = self.blank_counts(k).expand(len(positions), -1)
+        if sees.any():
+            counts = counts.clone()
+            counts[torch.from_numpy(sees)] = self.model.prior.counts(
+                torch.from_numpy(ctx), k, torch.from_numpy(positions[sees]))
+        return counts
+
+    def blank_counts(self, k: int) -> torch.Tensor:
+        """The count table (1, K) of a position whose receptive field holds only [MASK],
+        computed on a 2x2 grid. Exact for every grid: with one input vector everywhere in the
+        field, every layer gives one vector there (attention over equal values returns that
+        value exactly; padding keys are excluded). So stage 0, and in large grids the next
+        stages too, cost no pass of the prior over the whole grid."""
+        if k not in self._blank:
+            self._blank[k] = self.model.prior.counts(torch.full((2, 2), k, dtype=torch.int64), k,
+                                                     torch.zeros(1, dtype=torch.int64))
+        return self._blank[k]
+
+    def sees_known(self, known: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """For each flat position, whether a known token lies in its receptive field: the box
+        of inputs its output depends on, found by walking the windows of every block (shift
+        (b % 2) * W/2) from the last block down to the first."""
+        h, w = known.shape
+        win, depth = self.model.prior.cfg.window, self.model.prior.cfg.depth
+        lo_i, lo_j = positions // w, positions % w
+        hi_i, hi_j = lo_i + 1, lo_j + 1
+        for b in reversed(range(depth)):
+            r = (b % 2) * (win // 2)
+            lo_i, lo_j = (lo_i + r) // win * win - r, (lo_j + r) // win * win - r
+            hi_i, hi_j = -(-(hi_i + r) // win) * win - r, -(-(hi_j + r) // win) * win - r
+        lo_i, hi_i = np.clip(lo_i, 0, h), np.clip(hi_i, 0, h)
+        lo_j, hi_j = np.clip(lo_j, 0, w), np.clip(hi_j, 0, w)
+        table = np.zeros((h + 1, w + 1), dtype=np.int64)  # 2-D prefix sums of `known`
+        table[1:, 1:] = known.cumsum(0).cumsum(1)
+        return (table[hi_i, hi_j] - table[lo_i, hi_j] - table[hi_i, lo_j] + table[lo_i, lo_j]) > 0
 
     def _code_stages(self, grid, k, keep, step, cache=None, tables=None):
         """Run the stage loop shared by encoder, decoder and size estimate. `step(positions,
@@ -247,15 +305,30 @@ class Codec:
                codebook: int | None = None, mode: str | None = None,
                quantile: float | None = None) -> EncodeResult:
         """Encode with the setting of highest expected quality whose whole file fits the target
-        (or, without a target, the richest setting allowed by the other options)."""
-        if codebook is not None and codebook not in self.model.codebooks:
-            raise CodecError(f"codebook {codebook} is not in this model (choose from "
-                             f"{', '.join(map(str, self.model.codebooks))})")
+        (or, without a target, the richest setting allowed by the other options); `nbytes`
+        wins over `bpp`."""
+        if not isinstance(image, Image.Image):
+            raise ArgumentTypeError(f"image must be a PIL image, got {type(image).__name__}")
+        bpp, nbytes, codebook, mode, quantile = self.check_encode_options(bpp, nbytes, codebook, mode, quantile)
         a = self.analyse(image)
         w, h = image.size
         budget = int(nbytes) if nbytes is not None else (
             int(np.floor(bpp * w * h / 8)) if bpp is not None else None)
         return self.encode_analysed(a, budget, codebook, mode, quantile)
+
+    def check_encode_options(self, bpp, nbytes, codebook, mode, quantile) -> tuple:
+        """Validated encoder options (ArgumentError naming the option and its allowed values)."""
+        if bpp is not None:
+            bpp = errors.check_real("bpp", bpp, 0.0, None, lo_open=True)
+        if nbytes is not None:
+            nbytes = errors.check_int("nbytes", nbytes, 1)
+        if codebook is not None:
+            codebook = errors.check_choice("codebook", codebook, self.model.codebooks)
+        if mode is not None:
+            mode = errors.check_choice("mode", mode, container.MODES)
+        if quantile is not None:
+            quantile = errors.check_real("quantile", quantile, 0.0, 1.0)
+        return bpp, nbytes, codebook, mode, quantile
 
     def encode_analysed(self, a: dict, budget: int | None, codebook: int | None = None,
                         mode: str | None = None, quantile: float | None = None) -> EncodeResult:
@@ -372,9 +445,20 @@ class Codec:
         hd = c.header
         grid = hd.grid
         k = hd.codebook
+        floor = container.token_floor_bits(k)
         try:
             dec, keep = read_mask(c)
-            ctx, coded = self._code_stages(grid, k, keep, lambda pos, counts: dec.decode(counts))
+            left = [int(keep.sum())]  # kept tokens not yet decoded
+
+            def tables(ctx, k_, positions):  # before each pass: is there room for what is left?
+                dec.require(left[0] * floor, f"its last {left[0]} kept tokens")
+                return self._stage_counts(ctx, k_, positions)
+
+            def step(pos, counts):
+                left[0] -= len(pos)
+                return dec.decode(counts)
+
+            ctx, coded = self._code_stages(grid, k, keep, step, tables=tables)
             dec.finish()  # the payload must end where the coder's words end
         except entropy.DecodeError as e:
             raise CodecError(f"file is damaged: {e}") from None
@@ -423,6 +507,11 @@ class Codec:
 
     def decode(self, data: bytes, seed: int = 0, temperature: float = 0.0,
                max_pixels: int = container.DEFAULT_MAX_PIXELS, realism: float | None = None) -> Image.Image:
+        """Arguments are checked before any work: seed an integer 0..2**63-1, temperature a
+        number 0..5, realism None (the model's default) or 0..1, max_pixels a positive integer."""
+        data = check_data(data)
+        seed, temperature = errors.check_seed(seed), errors.check_temperature(temperature)
+        max_pixels = errors.check_max_pixels(max_pixels)
         r = self.default_realism if realism is None else check_realism(realism)
         c = self.read(data, max_pixels)
         tokens, keep = self.decode_tokens(c)
@@ -435,22 +524,58 @@ class Codec:
         return DEFAULT_REALISM if self.model.realism else 0.0
 
 
-def check_realism(r) -> float:
-    try:
-        r = float(r)
-    except (TypeError, ValueError):
-        raise ValueError(f"realism must be a number in [0, 1], got {r!r}") from None
-    if not 0.0 <= r <= 1.0:
-        raise ValueError(f"realism must be in [0, 1], got {r}")
-    return r
+check_realism = errors.check_realism
 
 
-def describe(data: bytes) -> dict:
-    """Facts about a .tkc file that need no model (for `tokc info`)."""
-    c = container.unpack(data)
+def check_weights_arg(weights) -> None:
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ArgumentTypeError(f"weights must be a path (str or os.PathLike) or None, got {weights!r}")
+
+
+def check_data(data) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ArgumentTypeError(f"data must be the bytes of a .tkc file, got {type(data).__name__}")
+    return bytes(data)
+
+
+# What describe() cannot check without the model; everything else decode() checks, it checks.
+NOT_CHECKED = ("the model id against installed weights", "that the model has the codebook",
+               "the kept tokens (range decoding them needs the prior) and their CRC-32")
+
+
+def public(fn):
+    """Mark a public API function: whatever goes wrong inside raises a TokcError (weights and
+    image errors as WeightsError and ImageError; anything unexpected as CodecError, with the
+    original exception chained). MemoryError and KeyboardInterrupt pass through."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TokcError:
+            raise
+        except _WeightsError as e:
+            raise WeightsError(str(e)) from None
+        except _ImageError as e:
+            raise ImageError(str(e)) from None
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the API promises TokcError only
+            raise CodecError(f"unexpected {type(e).__name__}: {e} (please report this)") from e
+    return wrapper
+
+
+@public
+def describe(data: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> dict:
+    """Facts about a .tkc file that need no model (for `tokc info`). It checks what decode
+    checks without the model (container, ids, payload length, block map, payload room for the
+    kept tokens) and raises as decode would; `not_checked` lists the rest."""
+    c = container.unpack(check_data(data), errors.check_max_pixels(max_pixels))
     hd = c.header
     gh, gw = hd.grid
-    _, keep = read_mask(c)
+    try:
+        _, keep = read_mask(c)
+    except entropy.DecodeError as e:
+        raise FormatError(f"file is damaged: {e}") from None
     return {
         "format_version": f"{container.MAJOR}.{hd.minor}",
         "width": hd.width, "height": hd.height, "bytes": len(data),
@@ -464,35 +589,62 @@ def describe(data: bytes) -> dict:
         "overhead_bytes": len(data) - len(c.payload),
         "model_id": hd.model_id.hex(), "schedule_id": hd.schedule_id, "coder_id": hd.coder_id,
         "token_crc32": f"{hd.token_crc32:08x}",
+        "not_checked": "; ".join(NOT_CHECKED),
     }
 
 
 _DEFAULT: dict[tuple, Codec] = {}
 
 
-def get_codec(weights: str | None = None, device: str = "auto") -> Codec:
-    key = (weights, device)
+def get_codec(weights: str | os.PathLike | None = None, device: str = "auto") -> Codec:
+    """A Codec per weights file and device, kept for reuse (the weights are found again on each
+    call, so a changed TOKC_WEIGHTS takes effect)."""
+    _device(device)  # refuse a bad name before looking for weights
+    check_weights_arg(weights)
+    try:
+        key = (str(find_weights(weights)), device)
+    except _WeightsError as e:
+        raise WeightsError(str(e)) from None
     if key not in _DEFAULT:
-        _DEFAULT[key] = Codec(weights, device)
+        _DEFAULT[key] = Codec(key[0], device)
     return _DEFAULT[key]
 
 
+@public
 def encode(image, bpp: float | None = 0.03, *, nbytes: int | None = None, codebook: int | None = None,
            mode: str | None = None, quantile: float | None = None, weights: str | None = None,
-           device: str = "auto") -> bytes:
-    """Encode a PIL image (or a path) to .tkc bytes at or under `bpp` bits per pixel."""
+           device: str = "auto", max_pixels: int = container.DEFAULT_MAX_PIXELS) -> bytes:
+    """Encode a PIL image, an image path or image bytes to .tkc bytes at or under `bpp` bits
+    per pixel (or `nbytes` bytes, which wins over `bpp`; both None: the richest setting the
+    other options allow). Images over `max_pixels` pixels are refused."""
     from .imageio import load_image
-    if not isinstance(image, Image.Image):
-        image = load_image(image)
+    max_pixels = errors.check_max_pixels(max_pixels)
+    if isinstance(image, Image.Image):
+        w, h = image.size
+        if w * h > max_pixels:
+            raise ImageError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+    elif isinstance(image, (str, os.PathLike, bytes, bytearray)):
+        image = load_image(bytes(image) if isinstance(image, bytearray) else image, max_pixels)
+    else:
+        raise ArgumentTypeError(f"image must be a PIL image, a path or image bytes, got {type(image).__name__}")
     return get_codec(weights, device).encode(image, bpp, nbytes, codebook, mode, quantile).data
 
 
+@public
 def decode(data: bytes, seed: int = 0, *, temperature: float = 0.0, realism: float | None = None,
-           weights: str | None = None, device: str = "auto") -> Image.Image:
-    """Decode .tkc bytes to a PIL image. `seed` and `temperature` steer regenerated tokens;
-    `realism` in [0, 1] steers the pixel decoder from fidelity (0) to realistic texture (1),
-    default DEFAULT_REALISM."""
-    return get_codec(weights, device).decode(data, seed, temperature, realism=realism)
+           weights: str | None = None, device: str = "auto",
+           max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode .tkc bytes to a PIL image. `seed` (0..2**63-1) and `temperature` (0..5) steer
+    regenerated tokens; `realism` in [0, 1] steers the pixel decoder from fidelity (0) to
+    realistic texture (1), default DEFAULT_REALISM; files over `max_pixels` are refused."""
+    data = check_data(data)
+    errors.check_seed(seed)  # arguments and the container are checked before the model loads
+    errors.check_temperature(temperature)
+    container.unpack(data, errors.check_max_pixels(max_pixels))
+    if realism is not None:
+        check_realism(realism)
+    return get_codec(weights, device).decode(data, seed, temperature, max_pixels, realism)
 
 
-__all__ = ["Codec", "CodecError", "FormatError", "Setting", "encode", "decode", "describe"]
+__all__ = ["Codec", "CodecError", "FormatError", "ImageError", "TokcError", "WeightsError", "Setting",
+           "encode", "decode", "describe"]

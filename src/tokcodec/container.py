@@ -18,9 +18,12 @@ every byte before it.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
+
+from .errors import FormatError
 
 MAGIC = b"\x89TKC"
 MAJOR, MINOR = 1, 0
@@ -29,10 +32,6 @@ DEFAULT_MAX_PIXELS = 64_000_000
 MIN_FILE_BYTES = 26  # magic, version, the shortest header (1x1, no extension), file CRC; no payload
 MODES = ("entire", "edge", "edge_more", "checkerboard")
 KNOWN_EXTENSIONS: dict[int, str] = {}  # tag -> name; none defined in 1.0
-
-
-class FormatError(ValueError):
-    """The bytes are not a valid .tkc file this reader can decode."""
 
 
 def put_varint(out: bytearray, value: int) -> None:
@@ -215,4 +214,50 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
     payload = data[start + hlen:len(data) - 4]
     if len(payload) % 4:
         raise FormatError("payload is not a whole number of 32-bit words (file damaged)")
+    check_payload_length(header, len(payload))
     return Container(header, payload)
+
+
+# ------------------------------------------------------------------ payload length (section 4.3)
+RANGE_CODERS = (1, 2)      # coder ids whose payload is a 24-bit range-coder stream (section 4)
+
+
+def min_kept_tokens(h: Header) -> int:
+    """Tokens every file with this header keeps, whatever its block map says."""
+    gh, gw = h.grid
+    return gh * gw // {"entire": 1, "edge": 2, "checkerboard": 2, "edge_more": 4}[h.mode]
+
+
+def token_floor_bits(k: int) -> float:
+    """The fewest bits a token of a K-symbol table can cost: the table gives every other symbol
+    at least 16 of the coder's 2**24 (counts sum to <= 2**20; 15 leaves a margin)."""
+    return -math.log2(1 - 15 * (k - 1) / 2 ** 24)
+
+
+BLOCK_FLOOR_BITS = -math.log2(1 - 16000 / 2 ** 24)  # a block-map bit: adaptive counts sum to <= 1024
+
+
+def min_payload_bits(h: Header) -> float:
+    """A lower bound on the information (bits, under the coder's 24-bit tables) that the payload
+    of any valid file with this header carries: its kept tokens (at least those of the mode's
+    base pattern) and, in the edge modes, its block map."""
+    gh, gw = h.grid
+    bits = min_kept_tokens(h) * token_floor_bits(h.codebook)
+    if h.mode in ("edge", "edge_more"):
+        bits += (gh // 2) * (gw // 2) * BLOCK_FLOOR_BITS
+    return bits
+
+
+def check_payload_length(h: Header, n_bytes: int) -> None:
+    """Refuse a payload too short for the declared image, before any model runs. A valid
+    range-coder stream of n words carries less than 32 n bits: the coder's range starts below
+    2**64, each symbol multiplies it by at most its probability, it renormalises (times 2**32)
+    at most n - 1 times, and it ends >= 2**32 (entropy.Decoder.capacity_bits)."""
+    if h.coder_id not in RANGE_CODERS:
+        return
+    need = min_payload_bits(h)
+    if need > 8 * n_bytes:
+        least = 4 * (math.floor(need / 32) + 1)
+        raise FormatError(f"payload is {n_bytes} bytes, too short for a {h.width}x{h.height} image "
+                          f"at K={h.codebook}, mode {h.mode} (a valid one has at least {least} "
+                          "bytes): file truncated or damaged")

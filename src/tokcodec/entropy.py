@@ -19,8 +19,12 @@ final ones (`Decoder.finish`). Binary decisions (the edge block map) use adaptiv
 
 from __future__ import annotations
 
+import math
+
 import constriction
 import numpy as np
+
+from .errors import FormatError
 
 CODER_ID = 2          # what tokc writes
 CODERS = (1, 2)       # what tokc reads
@@ -98,8 +102,8 @@ class Encoder:
         return self._enc.get_compressed().astype("<u4").tobytes()
 
 
-class DecodeError(ValueError):
-    pass
+class DecodeError(FormatError):
+    """The payload is damaged: it ends early, or holds words after the coder's last one."""
 
 
 class Decoder:
@@ -142,6 +146,20 @@ class Decoder:
         # past the end is the coder's own (read as 0), a second means the payload is cut short
         if renorms >= len(self._words):
             raise DecodeError("payload ends before the last symbol (file truncated or damaged)")
+
+    def capacity_bits(self) -> float:
+        """Information (bits, under the coder's tables) that the symbols still to be decoded can
+        carry at most, if the payload is valid. The range only shrinks by each symbol's
+        probability (or less, by truncation) between renormalisations, which multiply it by
+        2**32; a valid stream of W words renormalises at most W - 1 times in all, and its final
+        range is >= 2**32. A negative value means the payload has already run out."""
+        return math.log2(self._range) - 32 + 32 * (len(self._words) - 1 - self._renorms)
+
+    def require(self, bits: float, what: str) -> None:
+        """Refuse the payload when `bits`, a lower bound on the information of what is still to
+        be decoded, cannot fit in what is left of it."""
+        if bits > self.capacity_bits():
+            raise DecodeError(f"payload is too short for {what} (file truncated or damaged)")
 
     def decode_bit(self, model: BinaryContexts, ctx: int) -> int:
         bit = int(self.decode(model.table(ctx))[0])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .container import MODES  # noqa: F401  (re-exported)
+from .container import BLOCK_FLOOR_BITS, MODES  # noqa: F401  (MODES re-exported)
 from .entropy import BinaryContexts, Decoder, Encoder
 from .schedule import uigc_stage
 
@@ -76,10 +76,14 @@ def encode_blocks(enc: Encoder, blocks: np.ndarray) -> float:
     return bits
 
 
-def decode_blocks(dec: Decoder, shape: tuple[int, int]) -> np.ndarray:
+def decode_blocks(dec: Decoder, shape: tuple[int, int], tail_bits: float = 0.0) -> np.ndarray:
+    """Decode the block map. Before each row the payload must still have room for the rest of the
+    map and `tail_bits` (a lower bound on what follows it), so a payload far too short for the
+    declared grid is refused early."""
     model = BinaryContexts(4)
     blocks = np.zeros(shape, dtype=bool)
     for i in range(shape[0]):
+        dec.require((shape[0] - i) * shape[1] * BLOCK_FLOOR_BITS + tail_bits, "the block map")
         for j in range(shape[1]):
             blocks[i, j] = dec.decode_bit(model, _context(blocks, i, j))
     return blocks
