@@ -7,7 +7,7 @@ KODAK ?= ../shared/data/kodak
 PRIOR_MINUTES ?= 110
 IMG ?= $(shell $(BIN)/python -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))" 2>/dev/null)
 
-.PHONY: setup demo test bench eval eval-modes train-tokenizer train-ladder train-prior fit-quality export clean
+.PHONY: setup demo test bench vvc eval eval-modes eval-realism train-tokenizer train-ladder train-prior train-realism export export-realism fit-quality clean
 
 # CPU PyTorch: `pip install torch==2.13.0` installs whatever build of 2.13.0 pip finds first. On
 # the development machine that is torch-2.13.0+cpu, a wheel in pip's local find-links folder
@@ -44,9 +44,20 @@ eval-modes: setup
 	$(BIN)/python -m tokcodec.evaluate --data $(KODAK) --sections modes,edge --targets 0.005,0.01,0.02,0.03 \
 		--ssimulacra2 --json out/eval-modes.json --markdown out/eval-modes.md --figure docs/edge-vs-checkerboard.png
 
+# VVC for the benchmark (VVenC/VVdeC sources in ../shared/third_party); tokc never needs it
+vvc: .cache/vvc/bin/vvencapp
+.cache/vvc/bin/vvencapp:
+	bash ../shared/tools/build-vvc.sh .cache/vvc
+
 bench: setup
 	$(BIN)/pip install -q -e ".[bench]"
-	$(BIN)/python -m tokcodec.bench --data $(KODAK)
+	$(BIN)/python -m tokcodec.bench --data $(KODAK) --holdout $(DATA)
+
+eval-realism: setup
+	$(BIN)/pip install -q -e ".[bench]"
+	mkdir -p out
+	$(BIN)/python -m tokcodec.evaluate --data $(KODAK) --sections realism --targets 0.01,0.02,0.03 \
+		--realism 0,0.5,1 --ssimulacra2 --json out/eval-realism.json --markdown out/eval-realism.md
 
 train-tokenizer: setup
 	cd src && ../$(BIN)/python -m tokcodec.train tokenizer --data ../$(DATA) --out ../runs/tok --resume
@@ -61,6 +72,17 @@ train-prior: setup
 
 fit-quality: setup
 	$(BIN)/python -m tokcodec.train quality --data $(DATA)
+
+# realism decoder: adversarial fine-tuning of the shipped decoder (resumes runs/realism/last.pt,
+# or starts from the committed training state in train-state/)
+REALISM_MINUTES ?= 85
+train-realism: setup
+	$(BIN)/python -m tokcodec.train realism --data $(DATA) --out runs/realism --minutes $(REALISM_MINUTES) \
+		--threads 1 $(if $(wildcard runs/realism/last.pt),--resume,--init-state train-state/realism.safetensors)
+
+export-realism: setup
+	$(BIN)/python -m tokcodec.train realism-export --ckpt runs/realism/last.pt --out weights \
+		--state train-state/realism.safetensors
 
 export: setup
 	cd src && ../$(BIN)/python -m tokcodec.train export --tokenizer ../runs/tok/ladder.pt --prior ../runs/prior/last.pt --out ../weights/tokc.safetensors

@@ -8,7 +8,7 @@ from PIL import Image
 
 from tokcodec.prior import Prior, PriorConfig, quantize
 from tokcodec.tokenizer import Tokenizer, TokenizerConfig
-from tokcodec.weights import model_id, bitstream_tensors, save, save_decoder
+from tokcodec.weights import bitstream_tensors, fidelity_decoder_id, model_id, save, save_decoder
 
 TOK_CFG = TokenizerConfig(code_dim=4, widths=(8, 8, 16), enc_blocks=(1, 1, 1), dec_blocks=(1, 1, 1),
                           codebooks=(64, 16))
@@ -48,4 +48,5 @@ def make_decoder(folder, seed: int = 0, model: bytes | None = None) -> None:
             p.data.normal_(0, 0.3 if not name.startswith("delta.") else 0.05)
     if model is None:
         model = model_id(bitstream_tensors(base))
-    save_decoder(folder / "decoder.safetensors", tok.decoder, tok.cfg, model, {"note": "random test decoder"})
+    save_decoder(folder / "decoder.safetensors", tok.decoder, tok.cfg, model, fidelity_decoder_id(base),
+                 {"note": "random test decoder"})

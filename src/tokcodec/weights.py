@@ -131,8 +131,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         if made_for != mid.hex():
             raise WeightsError(f"decoder weights {dec_file} were trained for model {made_for}, but "
                                f"{f.name} is model {mid.hex()}; install matching files")
-        base_dec = model_id({k: v for k, v in tensors.items() if k.startswith("tok.decoder.")}).hex()
-        if dec_meta.get("base_decoder") not in (None, base_dec):
+        if dec_meta.get("base_decoder") not in (None, fidelity_decoder_id(tensors)):
             raise WeightsError(f"decoder weights {dec_file} extend a different fidelity decoder than "
                                f"the one in {f.name}; install matching files")
         tok_state.update({f"decoder.{k}": v for k, v in dec_state.items()})
@@ -149,18 +148,21 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
                  decoder_path=dec_file, decoder_metadata=dec_meta)
 
 
+def fidelity_decoder_id(tensors: dict[str, torch.Tensor]) -> str:
+    """Hex id of the fidelity decoder in a base file's tensors (what a realism decoder extends)."""
+    return model_id({k: v for k, v in tensors.items() if k.startswith("tok.decoder.")}).hex()
+
+
 def save_decoder(path: str | os.PathLike, decoder: torch.nn.Module, cfg: TokenizerConfig,
-                 model: bytes, provenance: dict) -> None:
+                 model: bytes, base_decoder: str, provenance: dict) -> None:
     """Write the realism parts of a decoder (fp16, prefix `dec.`: weight deltas, FiLM, noise
     scales, realism embedding) for the model with bitstream id `model`. The fidelity weights
     they extend stay in the base file; `base_decoder` names them (hash of its decoder tensors)."""
     base = set(decoder.base_names())
     tensors = {f"dec.{k}": v.detach().cpu().half().contiguous() for k, v in decoder.state_dict().items()
                if k not in base}
-    fid = {f"tok.decoder.{k}": v.detach().cpu().half().contiguous() for k, v in decoder.state_dict().items()
-           if k in base}
     meta = {"model_id": model.hex(), "decoder_config": json.dumps({"realism_dim": cfg.realism_dim}),
-            "base_decoder": model_id(fid).hex(), "provenance": json.dumps(provenance)}
+            "base_decoder": base_decoder, "provenance": json.dumps(provenance)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
 

@@ -149,13 +149,11 @@ def train_realism(args) -> None:
         init_from_per_image_run(dec, disc, Path(args.init_per_image))
         ema.load_state_dict(dec.state_dict())
         print(f"initialised from the per-image-r run {args.init_per_image}", flush=True)
-    elif args.init_state:  # resume from a committed export: EMA decoder + discriminator
+    elif args.init_state:  # continue from the commit: shipped realism decoder + committed discriminator
         st = load_state(Path(args.init_state))
-        dec.load_state_dict(st["decoder"])
-        ema.load_state_dict(st["decoder"])
-        disc.load_state_dict(st["disc"], strict=False)
+        disc.load_state_dict(st["disc"])
         step, lam_ema = st["step"], st.get("lam_ema")
-        print(f"initialised from {args.init_state} at step {step}", flush=True)
+        print(f"continuing from the shipped decoder and {args.init_state} at step {step}", flush=True)
     data = CropSampler(Path(args.data), args.crop, args.seed + step, rt.rank, rt.world, args.limit,
                        split="train")
     ks = [int(k) for k in args.codebooks.split(",")]
@@ -218,7 +216,8 @@ def train_realism(args) -> None:
         opt.step()
         with torch.no_grad():
             for pe, pd in zip(ema.parameters(), dec.parameters()):
-                pe.lerp_(pd, 1 - args.ema)
+                if pd.requires_grad:  # (lerp of equal frozen values would turn -0.0 into 0.0)
+                    pe.lerp_(pd, 1 - args.ema)
             for be, bd in zip(ema.buffers(), dec.buffers()):
                 be.copy_(bd)
         step += 1
@@ -248,19 +247,19 @@ def use_checkpoint(model: "W.Model", path: Path) -> None:
 
 
 def load_state(path: Path) -> dict:
-    """A committed training state (fp16 safetensors): decoder.* and disc.* tensors, step in metadata."""
+    """A committed training state (fp16 safetensors): disc.* tensors, step and lambda in metadata."""
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as sf:
         meta = sf.metadata() or {}
         t = {k: sf.get_tensor(k).float() for k in sf.keys()}
-    return {"decoder": {k[8:]: v for k, v in t.items() if k.startswith("decoder.")},
-            "disc": {k[5:]: v for k, v in t.items() if k.startswith("disc.")},
+    return {"disc": {k[5:]: v for k, v in t.items() if k.startswith("disc.")},
             "step": int(meta.get("step", 0)), "lam_ema": float(meta["lam_ema"]) if meta.get("lam_ema") else None}
 
 
 def export(args) -> None:
-    """EMA decoder -> weights/decoder.safetensors (fp16, for the base file's model id);
-    discriminator + EMA decoder -> a small training state to resume from (fp16)."""
+    """EMA decoder -> weights/decoder.safetensors (fp16, its realism parts, for the base file's
+    model id); discriminator -> a small training state (fp16) that `--init-state` resumes from,
+    together with the shipped decoder."""
     from safetensors.torch import save_file
     m = W.load(args.weights)
     ck = load_checkpoint(Path(args.ckpt))
@@ -271,9 +270,10 @@ def export(args) -> None:
             "steps": ck["step"], "data": "../shared/data/train minus the held-out photos",
             "notes": args.notes}
     out = Path(args.out)
-    W.save_decoder(out / W.DECODER_FILENAME, tok.decoder, cfg, m.model_id, prov)
-    state = {f"decoder.{k}": v.half().contiguous() for k, v in ck["ema"].items()}
-    state.update({f"disc.{k}": v.half().contiguous() for k, v in ck["disc"].items()})
+    from safetensors.torch import load_file
+    base_id = W.fidelity_decoder_id(load_file(str(m.path)))
+    W.save_decoder(out / W.DECODER_FILENAME, tok.decoder, cfg, m.model_id, base_id, prov)
+    state = {f"disc.{k}": v.half().contiguous() for k, v in ck["disc"].items()}
     Path(args.state).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, args.state, metadata={"step": str(ck["step"]), "lam_ema": str(ck.get("lam_ema") or "")})
     print(f"wrote {out / W.DECODER_FILENAME} (model {m.model_id.hex()}) and {args.state} at step {ck['step']}")
