@@ -331,7 +331,8 @@ class Codec:
         return bpp, nbytes, codebook, mode, quantile
 
     def encode_analysed(self, a: dict, budget: int | None, codebook: int | None = None,
-                        mode: str | None = None, quantile: float | None = None) -> EncodeResult:
+                        mode: str | None = None, quantile: float | None = None,
+                        allowed=None) -> EncodeResult:
         """Rate control on an analysis from `analyse` (reusable across targets and modes:
         count tables computed for one target are cached in it for the next).
 
@@ -340,9 +341,14 @@ class Codec:
         size (float prior, `estimate_bytes`) is clearly over or under the budget is decided
         without coding it; only settings within ESTIMATE_MARGIN of the budget, and the winner,
         are coded exactly. The margin is far larger than the estimate's error, so the decisions
-        are those of exact sizes, and the returned file is always an exact encode that fits."""
+        are those of exact sizes, and the returned file is always an exact encode that fits.
+        `allowed(setting)`, if given, removes settings (trim: those that keep a token the file
+        lacks); within a group it must hold for a prefix."""
         w, h = a["size"]
-        groups = sorted(self.groups(codebook, mode, quantile), key=lambda g: -self.expected_quality(g[-1]))
+        groups = self.groups(codebook, mode, quantile)
+        if allowed is not None:
+            groups = [g for g in ([s for s in g if allowed(s)] for g in groups) if g]
+        groups = sorted(groups, key=lambda g: -self.expected_quality(g[-1]))
         if budget is None:
             return self.encode_setting(a, groups[0][-1])
         tried: dict[Setting, EncodeResult] = {}
@@ -427,6 +433,52 @@ class Codec:
                         schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID)
         fixed = len(container.pack(Container(header, b"")))
         return fixed + 4 * np.ceil(bits[0] * 1.002 / 32)
+
+    # ------------------------------------------------------------------ trimming
+    def trim(self, data: bytes, nbytes: int, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> EncodeResult:
+        """Rewrite a .tkc file to at most `nbytes` bytes without the original image: keep a subset
+        of its kept tokens that a mode and block map can express (drop the last UIGC stages, or
+        edge blocks), or map them to a smaller codebook of the ladder (each codeword to its
+        nearest smaller one), and re-code them (coder 2). Rate control picks, among those, the
+        setting of highest expected quality that fits; edge blocks are ranked by the edges of
+        the file's own decoded image (temperature 0, realism 0). A file that already fits is
+        returned unchanged."""
+        data = check_data(data)
+        nbytes = errors.check_int("nbytes", nbytes, 1)
+        c = self.read(data, errors.check_max_pixels(max_pixels))
+        hd = c.header
+        k0 = hd.codebook
+        tokens, keep = self.decode_tokens(c)
+        setting = Setting(k0, hd.mode, 0.0)
+        if len(data) <= nbytes:
+            return EncodeResult(data, setting, int(keep.size), int(keep.sum()), 8 * len(c.payload), 0.0, 0.0)
+        full = self.generate(tokens, keep, k0, 0, 0.0, hd.coder_id) if not keep.all() else tokens
+        img = self.render(full, k0, (hd.width, hd.height), 0.0, 0)
+        # dropped positions hold generated tokens: size estimates need a token everywhere, and
+        # `allowed` below keeps them out of every file
+        a = {"size": (hd.width, hd.height), "strength": mask.edge_strength(pad_image(np.asarray(img))),
+             "tokens": {k0: full}, "counts": {}}
+        tok = self.model.tokenizer
+        with torch.no_grad():
+            codes = tok.embed(torch.from_numpy(full)[None].to(self.device), k0)
+            for k in self.model.codebooks:
+                if k < k0:  # the ladder: each codeword to its nearest one in the smaller codebook
+                    a["tokens"][k] = tok.quantize(codes, k)[0].cpu().numpy().astype(np.int64)
+        # blocks whose extra tokens the file lacks rank last, so a block map is a subset while
+        # its share allows; settings that would keep a missing token are not allowed
+        grid = tokens.shape
+        a["strength"] = np.where(self._block_keepable(keep), a["strength"], -1.0)
+
+        def allowed(s: Setting) -> bool:
+            return s.codebook <= k0 and not (self._mask(a, s, grid)[1] & ~keep).any()
+
+        return self.encode_analysed(a, nbytes, allowed=allowed)
+
+    @staticmethod
+    def _block_keepable(keep: np.ndarray) -> np.ndarray:
+        """(h/2, w/2): blocks all four of whose tokens the file keeps."""
+        h, w = keep.shape
+        return keep.reshape(h // 2, 2, w // 2, 2).all(axis=(1, 3))
 
     # ------------------------------------------------------------------ decoding
     def read(self, data: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Container:
