@@ -20,13 +20,10 @@ def tiny_model(monkeypatch, tiny_weights):
 
 @pytest.fixture(scope="module")
 def tkc_file(tmp_path_factory, tiny_weights):
-    import os
-    os.environ["TOKC_WEIGHTS"] = str(tiny_weights)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOKC_WEIGHTS", str(tiny_weights))
         path = tmp_path_factory.mktemp("pil") / "a.tkc"
         photo(96, 64, seed=2).save(path, bpp=0.3)  # Pillow picks the format from the extension
-    finally:
-        del os.environ["TOKC_WEIGHTS"]
     return path
 
 
