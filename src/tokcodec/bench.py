@@ -321,6 +321,8 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/kodak")
     ap.add_argument("--holdout", default=None, help="training folder whose held-out photos form the second set")
+    ap.add_argument("--split", default="all", choices=["all", "holdout"],
+                    help="holdout: bench only the held-out photos of --data (no SSIMULACRA2/butteraugli)")
     ap.add_argument("--holdout-limit", type=int, default=None)
     ap.add_argument("--holdout-targets", default="0.01,0.03")
     ap.add_argument("--limit", type=int, default=None)
@@ -338,7 +340,10 @@ def main(argv=None) -> None:
     data = Path(args.data)
     if not data.exists():
         raise SystemExit(f"error: {data} not found; pass --data DIR")
-    files = sorted(p for p in data.iterdir() if p.suffix.lower() in (".png", ".jpg"))[:args.limit]
+    if args.split == "holdout":  # the second test set: held-out training photos, lighter measures
+        files = list_images(data, "holdout")[:args.limit]
+    else:
+        files = sorted(p for p in data.iterdir() if p.suffix.lower() in (".png", ".jpg"))[:args.limit]
     targets = [float(t) for t in args.targets.split(",")]
     realisms = [float(r) for r in args.realism.split(",")]
     names = set(args.codecs.split(",")) if args.codecs else None
@@ -347,7 +352,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    rows, originals = run_set(files, targets, realisms, names, True, args.jobs, {n for n, _ in CROPS})
+    full = args.split != "holdout"
+    rows, originals = run_set(files, targets, realisms, names, full, args.jobs, {n for n, _ in CROPS})
     kodak_min = (time.time() - t_start) / 60
     tokc_cols = [f"tokc r={r:g}" for r in realisms]
     shown = tokc_cols + ["VVC", "VVC 1/2", "VVC 1/4"] + [f"{n} best" for n in ("VVC", "AVIF", "JPEG XL", "WebP", "JPEG")]
@@ -380,7 +386,10 @@ def main(argv=None) -> None:
              "between 1/4 Nyquist and Nyquist (median; 1.0 = as much fine detail as the original). Colour ΔE00: "
              "mean CIEDE2000 on both images box-downscaled 16x. `images` = images where the codec fits / all.", ""]
     lines += [f"Note: {n}." for n in notes] + ([""] if notes else [])
-    lines += [f"## Kodak ({len(files)} images)", ""] + table_lines(summary, targets)
+    set_name = (f"Second test set: {len(files)} held-out training photos (SHA-256 of the file name, first "
+                "byte < 8; never trained on since the split; SSIMULACRA2 and butteraugli skipped)"
+                if args.split == "holdout" else f"Kodak ({len(files)} images)")
+    lines += [f"## {set_name}", ""] + table_lines(summary, targets)
     lines += ["", "Plots: " + ", ".join(f"![{p}]({p})" for p in plots), "",
               "Crop sheets (original | tokc at each realism | VVC best | AVIF best, equal bytes, 128x128 crops shown "
               "at 2x, JPEG q95 4:4:4): " + ", ".join(f"[{s}]({s})" for s in sheets), ""]
