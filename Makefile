@@ -51,7 +51,10 @@ vvc: .cache/vvc/bin/vvencapp
 
 bench: setup
 	$(BIN)/pip install -q -e ".[bench]"
-	$(BIN)/python -m tokcodec.bench --data $(KODAK) --holdout $(DATA)
+	$(MAKE) vvc
+	$(BIN)/python -m tokcodec.bench --data $(KODAK) --realism 0,0.6,1 --codecs VVC,AVIF
+	$(BIN)/python -m tokcodec.bench --data $(DATA) --split holdout --targets 0.01,0.03 --realism 0,0.6,1 \
+		--codecs VVC,AVIF --no-speed --out docs/holdout
 
 eval-realism: setup
 	$(BIN)/pip install -q -e ".[bench]"
