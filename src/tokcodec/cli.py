@@ -307,8 +307,8 @@ def decode(paths, seed, temperature, realism, fmt, force, output_dir, recursive,
     single = batch_or_single(paths, output_dir)
 
     def decode_bytes(data: bytes, target: str, name: str) -> bytes:
-        from .codec import get_codec
         unpack_checked(data, name, max_pixels)  # reject damaged files before loading the model
+        from .codec import get_codec
         img = get_codec(weights, device).decode(data, seed, temperature, max_pixels, realism)
         return image_bytes(img, target)
 
@@ -317,8 +317,10 @@ def decode(paths, seed, temperature, realism, fmt, force, output_dir, recursive,
         check_input(src)
         check_output(dst, (src,), force, "image data")
         target = run_guarded(lambda: format_for("x." + fmt.lower().lstrip(".")) if fmt else format_for(dst))
+        data = run_guarded(lambda: read_input(src))
+        run_guarded(lambda: unpack_checked(data, display_name(src), max_pixels))  # fails before torch loads
         set_threads(threads)
-        run_guarded(lambda: write_output(dst, decode_bytes(read_input(src), target, display_name(src))))
+        run_guarded(lambda: write_output(dst, decode_bytes(data, target, display_name(src))))
         return
     from .batch import plan, run_batch
     ext = "." + (fmt or "png").lower().lstrip(".")
@@ -335,15 +337,55 @@ def decode(paths, seed, temperature, realism, fmt, force, output_dir, recursive,
 
 @main.command()
 @click.argument("input", type=str)
+@click.argument("output", type=str)
+@click.option("--bpp", type=click.FloatRange(0, min_open=True), default=None, help="target bits per pixel (whole file)")
+@click.option("--bytes", "nbytes", type=click.IntRange(1), default=None, help="target file size in bytes")
+@click.option("-f", "--force", is_flag=True, help="write a .tkc to a terminal anyway")
+@click.option("-v", "--verbose", is_flag=True, help="print the setting kept and the sizes")
+@weights_opt
+@device_opt
+@maxpix_opt
+@threads_opt
+def trim(input, output, bpp, nbytes, force, verbose, weights, device, max_pixels, threads):
+    """Make a smaller copy of a .tkc file without the original image: `tokc trim IN OUT
+    --bytes N | --bpp B`. Keeps a subset of its tokens (its first coding stages, fewer edge
+    blocks) or a smaller codebook of the ladder; the decoder generates the rest."""
+    if (bpp is None) == (nbytes is None):
+        raise click.UsageError("give --bpp or --bytes")
+    check_input(input)
+    check_output(output, (input,), force, "compressed data")
+    data = run_guarded(lambda: read_input(input))
+    c = run_guarded(lambda: unpack_checked(data, display_name(input), max_pixels))
+    w, h = c.header.width, c.header.height
+    budget = nbytes if nbytes is not None else int(bpp * w * h / 8)
+    set_threads(threads)
+
+    def go():
+        from .codec import get_codec
+        r = get_codec(weights, device).trim(data, budget, max_pixels)
+        if verbose:
+            s = r.setting
+            click.echo(f"{display_name(input)}: {len(data)} -> {len(r.data)} bytes "
+                       f"({8 * len(r.data) / (w * h):.4f} bpp) | K={s.codebook} mode={s.mode} "
+                       f"quantile={s.quantile:.2f} | kept {r.tokens_kept}/{r.tokens_total} tokens", err=True)
+        write_output(output, r.data)
+
+    run_guarded(go)
+
+
+@main.command()
+@click.argument("input", type=str)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def info(input, as_json):
-    """Describe a .tkc file (no model needed)."""
+@maxpix_opt
+def info(input, as_json, max_pixels):
+    """Describe a .tkc file (no model needed). Exits 1 on what decode would refuse that can be
+    found without the model; `not_checked` names what only decode checks."""
 
     def go():
         from .codec import describe
         data = read_input(input)
-        unpack_checked(data, display_name(input))
-        d = describe(data)
+        unpack_checked(data, display_name(input), max_pixels)
+        d = describe(data, max_pixels)
         if as_json:
             click.echo(json.dumps(d))
         else:
