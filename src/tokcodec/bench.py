@@ -1,6 +1,6 @@
 """Benchmark: tokc against the classic codecs at equal bytes, per image, in one command.
 
-    python -m tokcodec.bench --data ../shared/data/kodak [--holdout ../shared/data/train]
+    python -m tokcodec.bench --data ../shared/data/kodak [--split holdout]
         [--targets 0.005,0.01,0.02,0.03,0.05] [--realism 0,0.6,1] [--limit N] [--out docs]
 
 For each image and target, tokc encodes at the target (rate control: whole file at or under it)
@@ -15,8 +15,8 @@ A codec that fits at no scale is counted as missing for that image.
 Measures: bpp, PSNR, MS-SSIM, SSIMULACRA2 (PyPI `ssimulacra2`), butteraugli (Debian package
 `butteraugli`), the high-frequency energy ratio (decoded / original luma power between 1/4
 Nyquist and Nyquist; median over images) and colour error (mean CIEDE2000 on both images
-box-downscaled 16x). --holdout adds the second test set: the training photos that
-`train.data.is_holdout` sets aside (never trained on since the split).
+box-downscaled 16x). `--split holdout` benches the second test set instead: the training
+photos that `train.data.is_holdout` sets aside (never trained on since the split).
 
 Also tokc's speed and peak memory at 0.03 bpp (a Kodak image and a 12-MP mosaic, each in a
 fresh process) unless --no-speed. Writes OUT/benchmarks.md, OUT/benchmarks.json,
@@ -320,11 +320,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tokcodec.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/kodak")
-    ap.add_argument("--holdout", default=None, help="training folder whose held-out photos form the second set")
     ap.add_argument("--split", default="all", choices=["all", "holdout"],
                     help="holdout: bench only the held-out photos of --data (no SSIMULACRA2/butteraugli)")
-    ap.add_argument("--holdout-limit", type=int, default=None)
-    ap.add_argument("--holdout-targets", default="0.01,0.03")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--targets", default=",".join(map(str, TARGETS)))
     ap.add_argument("--realism", default=",".join(map(str, REALISMS)))
@@ -361,13 +358,6 @@ def main(argv=None) -> None:
     plots = rd_plots(summary, tokc_cols + ["VVC best", "AVIF best"], out, f"Kodak ({len(files)} images)")
     sheets = [f"crops-{t:g}.jpg" for t in targets
               if crop_sheet(rows, originals, t, tokc_cols + ["VVC best", "AVIF best"], out / f"crops-{t:g}.jpg")]
-    hold_rows, hold_summary = [], {}
-    if args.holdout:
-        hfiles = list_images(Path(args.holdout), "holdout")[:args.holdout_limit]
-        hreal = [r for r in realisms if r in (min(realisms), codec.default_realism, max(realisms))]
-        hold_rows, _ = run_set(hfiles, [float(t) for t in args.holdout_targets.split(",")], hreal,
-                               {"VVC", "AVIF"} & (names or {"VVC", "AVIF"}), False, args.jobs)
-        hold_summary = summarise(hold_rows, [float(t) for t in args.holdout_targets.split(",")])
     speeds = [] if args.no_speed else speed(files)
     import PIL
     cmd = "python -m tokcodec.bench " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -393,12 +383,6 @@ def main(argv=None) -> None:
     lines += ["", "Plots: " + ", ".join(f"![{p}]({p})" for p in plots), "",
               "Crop sheets (original | tokc at each realism | VVC best | AVIF best, equal bytes, 128x128 crops shown "
               "at 2x, JPEG q95 4:4:4): " + ", ".join(f"[{s}]({s})" for s in sheets), ""]
-    if hold_rows:
-        lines += [f"## Second test set: {len(set(r['image'] for r in hold_rows))} held-out training photos", "",
-                  "Photos of ../shared/data/train with SHA-256(file name)[0] < 8 (`tokcodec.train.data.is_holdout`); "
-                  "nothing trained since the split saw them (the tokenizer and prior of weights v2 predate it). "
-                  "tokc at the lowest, default and highest realism; VVC and AVIF only; SSIMULACRA2 and butteraugli "
-                  "are skipped here.", ""] + table_lines(hold_summary, [float(t) for t in args.holdout_targets.split(",")])
     if speeds:
         lines += ["", "## tokc speed and memory", "", "`--bpp 0.03` (rate control included) and a decode at the "
                   "default realism, each image in a fresh process:", "",
@@ -409,7 +393,7 @@ def main(argv=None) -> None:
     per_cols = tokc_cols[:1] + tokc_cols[-1:] + ["VVC best", "AVIF best"]
     lines += ["", "## Per image (Kodak)", ""] + per_image_lines(rows, per_cols)
     (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
-    slim = [{k: v for k, v in r.items() if k != "decoded"} for r in rows + hold_rows]
+    slim = [{k: v for k, v in r.items() if k != "decoded"} for r in rows]
     (out / "benchmarks.json").write_text(json.dumps(slim, indent=0))
     print(f"wrote {out}/benchmarks.md", file=sys.stderr)
 
