@@ -138,8 +138,8 @@ def parse(data: bytes, max_pixels: int = 64_000_000) -> Header:
         if tag & 1:  # no tag is defined in 1.0: every critical one is unknown
             raise Refuse("extension")
         exts.append((tag, body))
-    if data[5] == 0 and h.pos != start + hlen:
-        raise Refuse("header", "bytes after the last field of a 1.0 header")
+    if data[5] <= 1 and h.pos != start + hlen:
+        raise Refuse("header", "bytes after the last field of a 1.0 or 1.1 header")
     payload = data[start + hlen:-4]
     if len(payload) % 4:
         raise Refuse("payload_length")
@@ -711,3 +711,49 @@ def render(tokens: list[int], h: int, w: int, k: int, model: Model, width: int, 
     y = np.clip((shuffle(conv("out.0", silu(x)), 4) + 1) / 2, 0, 1)
     rgb = np.floor(np.clip(y * 255 + 0.5, 0, 255)).astype(np.uint8).transpose(1, 2, 0)
     return rgb[:height, :width]
+
+
+# ------------------------------------------------------------------ section 11 (extension 2)
+def correction(body: bytes, width: int, height: int) -> tuple:
+    """Section 11.1-11.3: (cell, grey, (step_y, step_c), values[channel][row][col])."""
+    if len(body) < 2:
+        raise Refuse("extension", "shorter than 2 bytes")
+    cell, flags = body[0], body[1]
+    grey = flags & 1
+    if flags >> 4:
+        raise Refuse("extension", "unknown flags")
+    if cell == 0:
+        if len(body) != 2 or flags & 14:
+            raise Refuse("extension", "bytes or flags after an empty grid")
+        return 0, grey, (0, 0), []
+    n = 1 if grey else 3
+    if len(body) < 4 + n or (len(body) - 4 - n) % 4:
+        raise Refuse("extension", "length")
+    steps = (body[2], body[3])
+    decays = list(body[4:4 + n])
+    if 0 in steps or 0 in decays:
+        raise Refuse("extension", "zero step or decay")
+    f = 16 * cell
+    gh, gw = -(-height // f), -(-width // f)
+    dec = RangeDecoder(body[4 + n:])
+    values = []
+    for ch in range(n):
+        a = [4096]
+        for _ in range(126):
+            a.append(a[-1] * decays[ch] // 256)
+        counts = [max(1, a[abs(d)]) for d in range(-126, 127)]
+        table = cdf(counts, 2)
+        q = [[0] * gw for _ in range(gh)]
+        for i in range(gh):
+            for j in range(gw):
+                d = dec.decode(table) - 126
+                if flags & (2 << ch):
+                    left = q[i][j - 1] if j else (q[i - 1][j] if i else 0)
+                    up = q[i - 1][j] if i else left
+                    d += (left + up) >> 1
+                if abs(d) > 63:
+                    raise Refuse("extension", "value out of range")
+                q[i][j] = d
+        values.append(q)
+    dec.finish()
+    return cell, grey, steps, values

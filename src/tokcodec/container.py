@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from .errors import FormatError
 
 MAGIC = b"\x89TKC"
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 1, 1  # 1.1 adds extension 2 (tone and colour correction); files without it are 1.0
 MAX_DIMENSION = 65535
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_FILE_BYTES = 26  # magic, version, the shortest header (1x1, no extension), file CRC; no payload
 MODES = ("entire", "edge", "edge_more", "checkerboard")
-KNOWN_EXTENSIONS: dict[int, str] = {}  # tag -> name; none defined in 1.0
+KNOWN_EXTENSIONS: dict[int, str] = {2: "tone and colour correction"}  # tag -> name (1.1)
 
 
 def put_varint(out: bytearray, value: int) -> None:
@@ -89,7 +89,7 @@ class Header:
     schedule_id: int = 1
     coder_id: int = 1
     extensions: list[tuple[int, bytes]] = field(default_factory=list)
-    minor: int = MINOR
+    minor: int = 0  # files are 1.0 unless they hold a 1.1 extension (codec.with_correction)
 
     @property
     def token_size(self) -> int:
@@ -206,7 +206,7 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
                               "upgrade tokc")
         exts.append((tag, payload))
     # Fields appended by a later minor version are skipped: hr.pos may be < start + hlen.
-    if minor == MINOR and hr.pos != start + hlen:
+    if minor <= MINOR and hr.pos != start + hlen:
         raise FormatError(f"header has {start + hlen - hr.pos} bytes after its last field "
                           f"(not allowed in a {MAJOR}.{MINOR} file)")
     header = Header(width, height, model_id, 1 << log_k, MODES[mode_i], token_crc, grid_log2,

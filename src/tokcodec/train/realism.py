@@ -192,6 +192,10 @@ def train_realism(args) -> None:
         dist = distortion(x, y)
         loss = dist.mean()
         stats = {"dist": float(loss), "d_loss": float(d_loss), "r": r}
+        if args.lowpass_weight:  # keep colour and tone: the adversarial term pushes saturation up
+            lp = per_image((F.avg_pool2d(y.float(), 8) - F.avg_pool2d(x, 8)).abs()).mean()
+            loss = loss + args.lowpass_weight * lp
+            stats["lowpass"] = float(lp)
         if gan_on:
             disc.requires_grad_(False)
             with amp:
@@ -303,6 +307,8 @@ def add_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gan-factor", type=float, default=4.0,
                    help="adversarial weight at r = 1, in units of the gradient-balancing weight")
     p.add_argument("--fm-weight", type=float, default=1.0)
+    p.add_argument("--lowpass-weight", type=float, default=0.5,
+                   help="weight of an L1 term on 8x8-average-pooled colours (tone and colour fidelity)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--bf16", type=int, default=1, help="bf16 autocast on CPU (1) or fp32 (0)")
     p.add_argument("--threads", type=int, default=0)

@@ -1,0 +1,227 @@
+"""Tone and colour correction: a few bytes of side information that pull the decoded image's
+brightness and colours, averaged over cells of 32-128 pixels, to the original's.
+
+At the lowest rates the tokens carry a 16- or 64-word codebook and many are generated, so
+large areas come back with the wrong tone or hue (a red macaw turns orange). The encoder
+decodes its own file (fidelity decoder, temperature 0), averages the difference to the
+original in YCbCr over a coarse grid, quantises it and codes it with the range coder; the
+decoder adds the grid, interpolated bilinearly, to its pixels. It also marks grey images, whose
+decoded pixels are then made grey. The data lives in ancillary extension 2 of the container
+(spec/FORMAT.md section 11): a reader that ignores it still decodes the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import entropy
+from .errors import FormatError
+
+TAG = 2                    # ancillary (even) extension tag
+VALUE_MAX = 63             # quantised cell values lie in [-63, 63]
+ERR_MAX = 126              # coded differences (value - prediction) in [-126, 126]
+COUNT_ZERO = 4096          # count of difference 0; counts decay geometrically from it
+CODER_ID = 2               # the extension's range coder uses coder 2's cumulative tables
+FLAG_GREY = 1
+
+# BT.601 full-range YCbCr (JPEG's), on 0..255 values
+RGB_TO_YCC = np.array([[0.299, 0.587, 0.114],
+                       [-0.168736, -0.331264, 0.5],
+                       [0.5, -0.418688, -0.081312]])
+YCC_TO_RGB = np.array([[1.0, 0.0, 1.402],
+                       [1.0, -0.344136, -0.714136],
+                       [1.0, 1.772, 0.0]])
+
+
+@dataclass
+class Correction:
+    cell: int                      # cell side in tokens (16 px each); 0: no grid
+    grey: bool
+    steps: tuple[int, int] = (0, 0)  # quantiser step of Y and of Cb/Cr, in 8-bit levels
+    values: np.ndarray | None = None  # (channels, gh, gw) int64; 1 channel (Y) for grey images
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grey else 3
+
+
+def grid_shape(width: int, height: int, cell: int) -> tuple[int, int]:
+    f = 16 * cell
+    return -(-height // f), -(-width // f)
+
+
+def count_table(decay: int) -> np.ndarray:
+    """Counts of the differences -126..126 (index d + 126): a_0 = 4096, a_(n+1) =
+    floor(a_n * decay / 256), count(d) = max(1, a_|d|)."""
+    a = np.zeros(ERR_MAX + 1, dtype=np.int64)
+    a[0] = COUNT_ZERO
+    for n in range(ERR_MAX):
+        a[n + 1] = (a[n] * decay) >> 8
+    a = np.maximum(a, 1)
+    return np.concatenate([a[:0:-1], a])
+
+
+def predictions(q: np.ndarray) -> np.ndarray:
+    """Prediction of each cell from its already coded neighbours: (left + up) >> 1, where a
+    missing left is the up value, a missing up the left value, and the first cell 0."""
+    gh, gw = q.shape
+    p = np.zeros_like(q)
+    for i in range(gh):
+        for j in range(gw):
+            left = q[i, j - 1] if j else (q[i - 1, j] if i else 0)
+            up = q[i - 1, j] if i else left
+            p[i, j] = (left + up) >> 1
+    return p
+
+
+def _differences(q: np.ndarray, predict: bool) -> np.ndarray:
+    return (q - predictions(q) if predict else q).ravel()
+
+
+_LOG2P: np.ndarray | None = None
+
+
+def _best_decay(diff: np.ndarray) -> tuple[int, float]:
+    """The decay (1..255) whose table codes `diff` in the fewest bits, and those bits."""
+    global _LOG2P
+    if _LOG2P is None:
+        t = np.stack([count_table(d) for d in range(1, 256)]).astype(np.float64)
+        _LOG2P = np.log2(t / t.sum(1, keepdims=True))
+    hist = np.bincount(diff + ERR_MAX, minlength=2 * ERR_MAX + 1)
+    bits = -(_LOG2P @ hist)
+    d = int(np.argmin(bits))
+    return d + 1, float(bits[d])
+
+
+def pack(c: Correction) -> bytes:
+    """Extension body: cell u8, flags u8 (bit 0 grey, bit 1 + ch: channel ch is predicted); with
+    a grid: step_y u8, step_c u8, one decay u8 per channel, then the range coder's words."""
+    if not c.cell:
+        return bytes([0, FLAG_GREY if c.grey else 0])
+    flags, decays, plans = (FLAG_GREY if c.grey else 0), [], []
+    for ch in range(c.channels):
+        q = c.values[ch]
+        options = [(_best_decay(_differences(q, p)), p) for p in (False, True)]
+        (decay, _), predict = min(options, key=lambda o: o[0][1])
+        flags |= (2 << ch) if predict else 0
+        decays.append(decay)
+        plans.append((_differences(q, predict), decay))
+    enc = entropy.Encoder(CODER_ID)
+    for diff, decay in plans:
+        enc.encode(diff + ERR_MAX, np.broadcast_to(count_table(decay), (diff.size, 2 * ERR_MAX + 1)))
+    return bytes([c.cell, flags, c.steps[0], c.steps[1], *decays]) + enc.finish()
+
+
+def unpack(body: bytes, width: int, height: int) -> Correction:
+    def bad(why: str) -> FormatError:
+        return FormatError(f"tone and colour correction (extension {TAG}) is damaged: {why}")
+    if len(body) < 2:
+        raise bad("shorter than 2 bytes")
+    cell, flags = body[0], body[1]
+    grey = bool(flags & FLAG_GREY)
+    if flags >> 4:
+        raise bad("unknown flags")
+    if not cell:
+        if len(body) != 2 or flags & 0b1110:
+            raise bad("bytes or flags after an empty grid")
+        return Correction(0, grey)
+    n = 1 if grey else 3
+    if len(body) < 4 + n or (len(body) - 4 - n) % 4:
+        raise bad("wrong length")
+    steps = (body[2], body[3])
+    decays = list(body[4:4 + n])
+    if 0 in steps or 0 in decays:
+        raise bad("zero step or decay")
+    gh, gw = grid_shape(width, height, cell)
+    dec = entropy.Decoder(body[4 + n:], CODER_ID)
+    values = np.zeros((n, gh, gw), dtype=np.int64)
+    try:
+        for ch in range(n):
+            diff = dec.decode(np.broadcast_to(count_table(decays[ch]), (gh * gw, 2 * ERR_MAX + 1)))
+            diff = (diff - ERR_MAX).reshape(gh, gw)
+            if flags & (2 << ch):  # undo the prediction in raster order
+                q = np.zeros((gh, gw), dtype=np.int64)
+                for i in range(gh):
+                    for j in range(gw):
+                        left = q[i, j - 1] if j else (q[i - 1, j] if i else 0)
+                        up = q[i - 1, j] if i else left
+                        q[i, j] = diff[i, j] + ((left + up) >> 1)
+            else:
+                q = diff
+            if np.abs(q).max() > VALUE_MAX:
+                raise bad(f"a cell value is outside -{VALUE_MAX}..{VALUE_MAX}")
+            values[ch] = q
+        dec.finish()
+    except entropy.DecodeError as e:
+        raise bad(str(e)) from None
+    return Correction(cell, grey, steps, values)
+
+
+def cell_means(diff: np.ndarray, cell: int) -> np.ndarray:
+    """Mean of (H, W, C) values over each grid cell (cells at the right and bottom edges hold
+    fewer pixels) -> (C, gh, gw)."""
+    f = 16 * cell
+    h, w, _ = diff.shape
+    rows, cols = np.arange(0, h, f), np.arange(0, w, f)
+    sums = np.add.reduceat(np.add.reduceat(diff, rows, axis=0), cols, axis=1)
+    n = np.outer(np.minimum(rows + f, h) - rows, np.minimum(cols + f, w) - cols)
+    return (sums / n[..., None]).transpose(2, 0, 1)
+
+
+def fit(original: np.ndarray, decoded: np.ndarray, cell: int, steps: tuple[int, int],
+        grey: bool = False) -> Correction:
+    """Quantised cell means of original - decoded in YCbCr (uint8 (H, W, 3) images)."""
+    diff = (original.astype(np.float64) - decoded.astype(np.float64)) @ RGB_TO_YCC.T
+    means = cell_means(diff, cell)[:1 if grey else 3]
+    step = np.array([steps[0], steps[1], steps[1]], dtype=np.float64)[:len(means), None, None]
+    q = np.clip(np.round(means / step), -VALUE_MAX, VALUE_MAX).astype(np.int64)
+    return Correction(cell, grey, steps, q)
+
+
+def interpolation(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) bilinear weights, sample centres aligned: output i reads the input at
+    s = max(0, (i + 0.5) * n_in / n_out - 0.5), between floor(s) and min(floor(s) + 1, n_in - 1)."""
+    s = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+    i0 = np.floor(s).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    a = s - i0
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), i0), 1 - a)
+    np.add.at(m, (np.arange(n_out), i1), a)
+    return m
+
+
+def offsets(c: Correction, width: int, height: int) -> np.ndarray:
+    """The correction in RGB, (H, W, 3) float32: the dequantised grid, interpolated."""
+    step = np.array([c.steps[0], c.steps[1], c.steps[1]], dtype=np.float64)[:c.channels]
+    g = c.values * step[:, None, None]
+    if c.grey:
+        g = np.concatenate([g, np.zeros((2,) + g.shape[1:])])
+    gh, gw = g.shape[1:]
+    ay, ax = interpolation(height, gh).astype(np.float32), interpolation(width, gw).astype(np.float32)
+    rgb = np.tensordot(YCC_TO_RGB, g, axes=(1, 0)).astype(np.float32)  # (3, gh, gw)
+    return np.stack([ay @ rgb[k] @ ax.T for k in range(3)], -1)
+
+
+def apply(decoded: np.ndarray, c: Correction) -> np.ndarray:
+    """Corrected uint8 (H, W, 3) pixels: decoded + offsets, rounded and clipped; grey images
+    get their luma (0.299 R + 0.587 G + 0.114 B, rounded) in all three channels."""
+    h, w, _ = decoded.shape
+    out = decoded.astype(np.float32)
+    if c.cell:
+        out = out + offsets(c, w, h)
+    if c.grey:
+        out = (out @ RGB_TO_YCC[0].astype(np.float32))[..., None].repeat(3, -1)
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
+def squared_error(original: np.ndarray, decoded: np.ndarray, c: Correction) -> float:
+    """Sum of squared differences between the original and the corrected decode."""
+    d = apply(decoded, c).astype(np.float64) - original
+    return float((d * d).sum())
+
+
+def is_grey(rgb: np.ndarray) -> bool:
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())

@@ -1,0 +1,158 @@
+"""Tone and colour correction (extension 2, spec/FORMAT.md section 11): it round-trips, a
+decoder written from the spec reads the same values, it lowers the error where the encoder put
+it, files stay within budget, grey images come back grey, and damaged bodies are refused."""
+
+import dataclasses
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import refdecoder
+from tiny import photo
+from tokcodec import container, correction
+from tokcodec.codec import with_correction
+from tokcodec.errors import FormatError
+
+
+def _random_correction(rng, cell, grey, gh, gw, spread):
+    n = 1 if grey else 3
+    base = rng.integers(-spread, spread + 1, (n, 1, 1))
+    v = np.clip(base + rng.integers(-2, 3, (n, gh, gw)), -63, 63)
+    return correction.Correction(cell, grey, (int(rng.integers(1, 30)), int(rng.integers(1, 30))), v.astype(np.int64))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_body_round_trips_and_matches_the_reference_decoder(seed):
+    rng = np.random.default_rng(seed)
+    width, height = int(rng.integers(1, 900)), int(rng.integers(1, 700))
+    cell = int(rng.integers(1, 9))
+    gh, gw = correction.grid_shape(width, height, cell)
+    c = _random_correction(rng, cell, bool(seed % 2), gh, gw, spread=[0, 5, 60][seed % 3])
+    body = correction.pack(c)
+    got = correction.unpack(body, width, height)
+    assert (got.cell, got.grey, got.steps) == (c.cell, c.grey, c.steps)
+    assert np.array_equal(got.values, c.values)
+    cell_, grey, steps, values = refdecoder.correction(body, width, height)
+    assert (cell_, bool(grey), steps) == (c.cell, c.grey, c.steps)
+    assert np.array_equal(np.array(values), c.values)
+
+
+def test_interpolation_follows_the_spec_formula():
+    """Section 11.3, written out directly: cell centres aligned, edges clamped."""
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(3, 5))
+    h, w = 37, 70
+    want = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            ty, tx = max(0.0, (y + 0.5) * 3 / h - 0.5), max(0.0, (x + 0.5) * 5 / w - 0.5)
+            i0, j0 = int(np.floor(ty)), int(np.floor(tx))
+            i1, j1 = min(i0 + 1, 2), min(j0 + 1, 4)
+            a, b = ty - i0, tx - j0
+            want[y, x] = ((1 - a) * ((1 - b) * g[i0, j0] + b * g[i0, j1])
+                          + a * ((1 - b) * g[i1, j0] + b * g[i1, j1]))
+    got = correction.interpolation(h, 3) @ g @ correction.interpolation(w, 5).T
+    assert np.allclose(got, want)
+
+
+def test_a_uniform_offset_is_applied_exactly():
+    img = np.full((40, 50, 3), 100, np.uint8)
+    c = correction.Correction(2, False, (4, 2), np.zeros((3, 2, 2), np.int64))
+    c.values[0] = 5  # Y + 20 levels everywhere: R, G and B all + 20
+    assert (correction.apply(img, c) == 120).all()
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"", "shorter"),
+    (b"\x00\x10", "flags"),
+    (b"\x00\x00\x00", "after an empty grid"),
+    (b"\x02\x00\x04\x02\x10\x10\x10\x00\x00", "length"),
+    (b"\x02\x00\x00\x02\x10\x10\x10", "zero step"),
+    (b"\x02\x00\x04\x02\x10\x10\x10", "payload ends"),  # no words for 4 cells x 3 channels
+])
+def test_damaged_bodies_are_refused(body, why):
+    with pytest.raises(FormatError, match="extension 2"):
+        correction.unpack(body, 40, 40)
+    with pytest.raises(refdecoder.Refuse):
+        refdecoder.correction(body, 40, 40)
+
+
+def _cast(img: Image.Image) -> Image.Image:
+    """An image with a strong colour cast over its left half (what a coarse grid can fix)."""
+    a = np.asarray(img).astype(np.int32)
+    a[:, : a.shape[1] // 2, 0] += 60
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def test_encoder_adds_a_correction_that_lowers_the_error_and_fits_the_budget(codec):
+    img = _cast(photo(320, 224, seed=11))
+    rgb = np.asarray(img).astype(np.float64)
+    for nbytes in (160, 400):
+        r = codec.encode(img, nbytes=nbytes)
+        assert len(r.data) <= nbytes
+        c = container.unpack(r.data)
+        bodies = [b for t, b in c.header.extensions if t == correction.TAG]
+        assert len(bodies) == 1 and c.header.minor == 1
+        corr = correction.unpack(bodies[0], *img.size)
+        assert corr.cell > 0
+        decoded = np.asarray(codec.decode(r.data, realism=0.0)).astype(np.float64)
+        stripped = container.pack(container.Container(
+            dataclasses.replace(c.header, extensions=[], minor=0), c.payload))
+        plain = np.asarray(codec.decode(stripped, realism=0.0)).astype(np.float64)  # a 1.0 reader's view
+        assert ((decoded - rgb) ** 2).mean() < 0.9 * ((plain - rgb) ** 2).mean()
+
+
+def test_without_correction_the_file_is_a_1_0_file(codec):
+    r = codec.encode(photo(160, 96, seed=2), nbytes=200, correct=False)
+    hd = container.unpack(r.data).header
+    assert hd.minor == 0 and hd.extensions == []
+
+
+@pytest.mark.parametrize("size", [(160, 96), (17, 9)])
+def test_grey_in_grey_out(codec, size):
+    grey = photo(*size, seed=4).convert("L").convert("RGB")
+    try:
+        data = codec.encode(grey, bpp=0.05).data
+    except Exception as e:  # tiny images: rate control offers the smallest file instead
+        data = e.smallest.data
+    out = np.asarray(codec.decode(data, realism=0.0, temperature=0.7, seed=3))
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert correction.unpack([b for t, b in container.unpack(data).header.extensions
+                              if t == correction.TAG][0], *size).grey
+
+
+def test_a_damaged_correction_is_refused_with_a_clear_message(codec, tmp_path):
+    from click.testing import CliRunner
+    from tokcodec.cli import main
+    r = codec.encode(_cast(photo(160, 96, seed=6)), nbytes=300)
+    c = container.unpack(r.data)
+    bad = [(t, b[:1] + b"\xf0" + b[2:]) if t == correction.TAG else (t, b) for t, b in c.header.extensions]
+    data = container.pack(container.Container(dataclasses.replace(c.header, extensions=bad), c.payload))
+    with pytest.raises(FormatError, match="extension 2"):
+        codec.decode(data)
+    p = tmp_path / "bad.tkc"
+    p.write_bytes(data)
+    res = CliRunner().invoke(main, ["decode", str(p), str(tmp_path / "out.png"), "--weights",
+                                    str(codec.model.path)])
+    assert res.exit_code == 1 and "extension 2" in res.output
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_two_corrections_are_refused(codec):
+    r = codec.encode(_cast(photo(160, 96, seed=6)), nbytes=300)
+    c = container.unpack(r.data)
+    twice = c.header.extensions * 2
+    data = container.pack(container.Container(dataclasses.replace(c.header, extensions=twice), c.payload))
+    with pytest.raises(FormatError, match="at most one"):
+        codec.decode(data)
+
+
+def test_with_correction_replaces_the_extension_and_keeps_the_crc_valid(codec):
+    r = codec.encode(photo(160, 96, seed=8), nbytes=300, correct=False)
+    once = with_correction(r.data, correction.Correction(0, True))
+    twice = with_correction(once, correction.Correction(0, False))
+    hd = container.unpack(twice).header
+    assert [t for t, _ in hd.extensions] == [correction.TAG]
+    assert zlib.crc32(twice[:-4]) == int.from_bytes(twice[-4:], "little")
