@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 import tokcodec
@@ -66,9 +67,19 @@ def test_enlarged_grid_stops_where_the_payload_runs_out(codec, passes):
     stage where its payload is used up, not after every stage (where the CRC would fail)."""
     c = unpack(codec.encode(photo(256, 160), None, None, 64, "entire").data)
     c.header.height *= 64
-    with pytest.raises(tokcodec.CodecError, match="payload ends"):
+    with pytest.raises(tokcodec.CodecError, match="payload ends|too short"):
         codec.decode(pack(c), max_pixels=BIG)
     assert 0 < len(passes) < schedule.n_stages(*c.header.grid) - 1
+
+
+def test_a_stage_needs_room_for_its_most_likely_symbols(codec, passes):
+    """Before a stage is decoded, its tables bound the bits it needs from below (each symbol's
+    widest interval): a payload without that room is refused before the stage's symbols."""
+    from tokcodec import entropy
+    counts = torch.tensor([[1000, 1, 1, 1]] * 50)  # p(max) ~ 0.997: >= 0.0043 bits each
+    assert entropy.min_bits(counts, 2) == pytest.approx(50 * -np.log2(1000 / 1003), rel=0.01)
+    flat = torch.ones(20, 16, dtype=torch.int64)  # uniform: exactly 4 bits each, less rounding
+    assert abs(entropy.min_bits(flat, 2) - 80) < 0.01
 
 
 def test_valid_files_still_decode_with_the_same_tokens(codec):

@@ -156,3 +156,17 @@ def test_with_correction_replaces_the_extension_and_keeps_the_crc_valid(codec):
     hd = container.unpack(twice).header
     assert [t for t, _ in hd.extensions] == [correction.TAG]
     assert zlib.crc32(twice[:-4]) == int.from_bytes(twice[-4:], "little")
+
+
+def test_in_a_1_0_file_tag_2_is_skipped_whatever_it_holds(codec):
+    """Extension 2 is defined from format 1.1 on: a minor-0 file's tag 2 is unknown and ancillary."""
+    r = codec.encode(_cast(photo(160, 96, seed=6)), nbytes=300)
+    c = container.unpack(r.data)
+    as_1_0 = container.pack(container.Container(dataclasses.replace(c.header, minor=0), c.payload))
+    junk = container.pack(container.Container(dataclasses.replace(
+        c.header, minor=0, extensions=[(correction.TAG, b"hello")]), c.payload))
+    plain = container.pack(container.Container(dataclasses.replace(c.header, minor=0, extensions=[]), c.payload))
+    want = np.asarray(codec.decode(plain, realism=0.0))
+    assert np.array_equal(np.asarray(codec.decode(as_1_0, realism=0.0)), want)
+    assert np.array_equal(np.asarray(codec.decode(junk, realism=0.0)), want)
+    assert not np.array_equal(np.asarray(codec.decode(r.data, realism=0.0)), want)

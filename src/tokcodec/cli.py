@@ -182,7 +182,8 @@ def with_options(opts):
 
 
 def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | None, k: int | None,
-                     mode: str | None, quantile: float | None, given: bool, strict: bool):
+                     mode: str | None, quantile: float | None, given: bool, strict: bool,
+                     correct: bool = True):
     """codec.encode, plus what the target meant: (result, note or None). Without --bpp/--bytes,
     an image too small for the default target (1x1, 17x9) gets the smallest file and a note.
     With a target above what the richest setting needs, the file is smaller than the target:
@@ -190,7 +191,7 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
     from .codec import CodecError, TargetError
     w, h = img.size
     try:
-        r = codec.encode(img, bpp, nbytes, k, mode, quantile)
+        r = codec.encode(img, bpp, nbytes, k, mode, quantile, correct)
     except TargetError as e:
         if given or strict:
             raise
@@ -225,6 +226,8 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
 @click.option("--mode", type=click.Choice(MODES), default=None, help="which tokens are kept")
 @click.option("--quantile", type=click.FloatRange(0, 1), default=None,
               help="share of 2x2-token blocks kept as edge blocks (edge modes)")
+@click.option("--no-correction", "no_correction", is_flag=True,
+              help="leave out the tone and colour correction (faster encode, a 1.0 file)")
 @click.option("-f", "--force", is_flag=True, help="write a .tkc to a terminal anyway")
 @click.option("-v", "--verbose", is_flag=True, help="print the chosen setting and sizes")
 @with_options(batch_opts)
@@ -232,7 +235,8 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
 @device_opt
 @maxpix_opt
 @threads_opt
-def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, force, verbose, output_dir, recursive, overwrite,
+def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, no_correction, force, verbose, output_dir,
+           recursive, overwrite,
            quiet, weights, device, max_pixels, threads):
     """Encode images to .tkc: `tokc encode IN OUT` (- for stdin/stdout), or
     `tokc encode FILES|FOLDERS... -o OUTDIR` for many files."""
@@ -251,7 +255,7 @@ def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, force, verbose,
         from .codec import get_codec
         img = load_image(raw, max_pixels, name)
         r, msg = encode_to_target(get_codec(weights, device), img, name, bpp, nbytes, k, mode, quantile, given,
-                                  strict)
+                                  strict, not no_correction)
         if msg and not quiet:
             note(msg)
         if verbose:
@@ -282,7 +286,7 @@ def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, force, verbose,
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=str)
-@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2 ** 64 - 1), default=0, show_default=True,
               help="seed for regenerated detail; it matters only at --temperature > 0 (sampled tokens) "
                    "or --realism > 0 (the realism decoder's noise), otherwise every seed gives the "
                    "same image")

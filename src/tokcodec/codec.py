@@ -592,6 +592,9 @@ class Codec:
 
             def step(pos, counts):
                 left[0] -= len(pos)
+                # the stage's tokens cost at least their most likely symbols: is there room?
+                dec.require(entropy.min_bits(counts, hd.coder_id) + left[0] * floor,
+                            f"the {len(pos) + left[0]} kept tokens from this stage on")
                 return dec.decode(counts)
 
             ctx, coded = self._code_stages(grid, k, keep, step, tables=tables)
@@ -643,7 +646,7 @@ class Codec:
 
     def decode(self, data: bytes, seed: int = 0, temperature: float = 0.0,
                max_pixels: int = container.DEFAULT_MAX_PIXELS, realism: float | None = None) -> Image.Image:
-        """Arguments are checked before any work: seed an integer 0..2**63-1, temperature a
+        """Arguments are checked before any work: seed an integer 0..2**64-1, temperature a
         number 0..5, realism None (the model's default) or 0..1, max_pixels a positive integer."""
         data = check_data(data)
         seed, temperature = errors.check_seed(seed), errors.check_temperature(temperature)
@@ -671,6 +674,8 @@ check_realism = errors.check_realism
 
 
 def read_correction(c: Container) -> "correction.Correction | None":
+    if c.header.minor < 1:  # tag 2 is defined from 1.1 on; in a 1.0 file it is an unknown ancillary one
+        return None
     bodies = [body for tag, body in c.header.extensions if tag == correction.TAG]
     if len(bodies) > 1:
         raise FormatError(f"file has {len(bodies)} tone and colour corrections (extension "
@@ -735,6 +740,8 @@ def describe(data: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> dic
         _, keep = read_mask(c)
     except entropy.DecodeError as e:
         raise FormatError(f"file is damaged: {e}") from None
+    corr = read_correction(c)
+    ext_bytes = sum(len(b) for t, b in hd.extensions if t == correction.TAG)
     return {
         "format_version": f"{container.MAJOR}.{hd.minor}",
         "width": hd.width, "height": hd.height, "bytes": len(data),
@@ -748,6 +755,9 @@ def describe(data: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> dic
         "overhead_bytes": len(data) - len(c.payload),
         "model_id": hd.model_id.hex(), "schedule_id": hd.schedule_id, "coder_id": hd.coder_id,
         "token_crc32": f"{hd.token_crc32:08x}",
+        "correction": (None if corr is None else
+                       ("grey" if corr.grey else "colour") + (f", {16 * corr.cell}-px cells" if corr.cell else "")
+                       + f", {ext_bytes} bytes"),
         "not_checked": "; ".join(NOT_CHECKED),
     }
 
@@ -797,7 +807,7 @@ def encode(image, bpp: float | None = 0.03, *, nbytes: int | None = None, codebo
 def decode(data: bytes, seed: int = 0, *, temperature: float = 0.0, realism: float | None = None,
            weights: str | None = None, device: str = "auto",
            max_pixels: int = container.DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode .tkc bytes to a PIL image. `seed` (0..2**63-1) and `temperature` (0..5) steer
+    """Decode .tkc bytes to a PIL image. `seed` (0..2**64-1) and `temperature` (0..5) steer
     regenerated tokens; `realism` in [0, 1] steers the pixel decoder from fidelity (0) to
     realistic texture (1), default DEFAULT_REALISM; files over `max_pixels` are refused."""
     data = check_data(data)

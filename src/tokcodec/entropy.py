@@ -183,6 +183,18 @@ class Decoder:
                               "(extra or damaged words at its end)")
 
 
+def min_bits(counts, coder_id: int) -> float:
+    """A lower bound on the bits that symbols coded with these tables take from a stream: each
+    symbol narrows the coder's range at least by its widest interval (section 4.2), so by
+    log2(2**24 / widest). Rounded down by a small margin; used to refuse payloads too short."""
+    c = _counts(counts)
+    if not c.shape[0]:
+        return 0.0
+    cdf = quantized_cdf(c, coder_id)
+    widest = np.diff(cdf, axis=1).max(1)
+    return max(0.0, float((PRECISION - np.log2(widest)).sum()) * (1 - 1e-9) - 1e-6)
+
+
 def information_bits(symbols, counts) -> float:
     """Ideal code length in bits of symbols under the integer count tables."""
     t = _counts(counts).astype(np.float64)

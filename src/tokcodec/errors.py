@@ -39,7 +39,7 @@ class ArgumentTypeError(ArgumentError, TypeError):
     """An argument of the public API has the wrong type."""
 
 
-SEED_MAX = 2 ** 63 - 1
+SEED_MAX = 2 ** 64 - 1  # as the format (spec section 7.1)
 TEMPERATURE_MAX = 5.0
 
 
