@@ -170,3 +170,18 @@ def test_in_a_1_0_file_tag_2_is_skipped_whatever_it_holds(codec):
     assert np.array_equal(np.asarray(codec.decode(as_1_0, realism=0.0)), want)
     assert np.array_equal(np.asarray(codec.decode(junk, realism=0.0)), want)
     assert not np.array_equal(np.asarray(codec.decode(r.data, realism=0.0)), want)
+
+
+def test_cli_no_correction_writes_a_1_0_file_and_info_reports_the_correction(codec, tmp_path):
+    from click.testing import CliRunner
+    from tokcodec.cli import main
+    src = tmp_path / "cast.png"
+    _cast(photo(160, 96, seed=6)).save(src)
+    w = ["--weights", str(codec.model.path)]
+    for flag, minor in (([], 1), (["--no-correction"], 0)):
+        out = tmp_path / f"o{minor}.tkc"
+        res = CliRunner().invoke(main, ["encode", str(src), str(out), "--bytes", "300", *flag, *w])
+        assert res.exit_code == 0, res.output
+        assert container.unpack(out.read_bytes()).header.minor == minor
+        info = CliRunner().invoke(main, ["info", str(out), "--json"])
+        assert ("colour" in info.output) == (minor == 1), info.output

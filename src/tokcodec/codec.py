@@ -386,8 +386,8 @@ class Codec:
         for _, cost, cfg in ranked:
             tokens_budget = None if budget is None else budget - cost
             for _ in range(3):
-                try:
-                    res = (first if tokens_budget == budget else
+                try:  # the first file is reused when the grid fits in the bytes it left unused
+                    res = (first if tokens_budget is None or len(first.data) <= tokens_budget else
                            self.encode_tokens(a, tokens_budget, codebook, mode, quantile, allowed))
                 except TargetError:
                     break
