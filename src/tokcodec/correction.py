@@ -12,11 +12,13 @@ decoded pixels are then made grey. The data lives in ancillary extension 2 of th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import entropy
+from . import container, entropy
+from .container import Container
 from .errors import FormatError
 
 TAG = 2                    # ancillary (even) extension tag
@@ -225,3 +227,22 @@ def squared_error(original: np.ndarray, decoded: np.ndarray, c: Correction) -> f
 
 def is_grey(rgb: np.ndarray) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+# ------------------------------------------------------------------ in the container
+def read_correction(c: Container) -> "Correction | None":
+    if c.header.minor < 1:  # tag 2 is defined from 1.1 on; in a 1.0 file it is an unknown ancillary one
+        return None
+    bodies = [body for tag, body in c.header.extensions if tag == TAG]
+    if len(bodies) > 1:
+        raise FormatError(f"file has {len(bodies)} tone and colour corrections (extension "
+                          f"{TAG}); at most one is allowed")
+    return unpack(bodies[0], c.header.width, c.header.height) if bodies else None
+
+
+def with_correction(data: bytes, corr: "Correction") -> bytes:
+    """A packed file with its tone and colour correction extension set to `corr`."""
+    c = container.unpack(data, max_pixels=1 << 62)
+    hd = c.header
+    exts = [e for e in hd.extensions if e[0] != TAG] + [(TAG, pack(corr))]
+    return container.pack(Container(dataclasses.replace(hd, extensions=exts, minor=max(hd.minor, 1)), c.payload))

@@ -1,0 +1,328 @@
+"""Rate control: which setting (codebook, mask mode, edge-block share) and which tone and colour
+correction give the best expected quality whose whole file fits the budget.
+
+The token search visits groups of settings in order of expected quality (a table of decoded
+PSNR measured on training photos) and binary-searches the largest edge-block share that fits,
+deciding clearly-over and clearly-under settings from the float twin's size estimate and coding
+exactly only those near the budget. The correction is then traded against token bytes
+(`RateControl.encode_analysed`). `Codec` (codec.py) inherits these methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import container, correction, entropy, errors, mask, schedule
+from .container import Container, Header
+from .correction import with_correction
+from .errors import ArgumentTypeError, CodecError
+from .prior import COUNT_BITS
+
+QUANTILES = tuple(i / 20 for i in range(19))  # edge-block shares tried by rate control
+ESTIMATE_MARGIN = 0.01  # rate control codes exactly only settings within 1% (+8 bytes) of the budget
+# Tone and colour correction grids tried by rate control: cell sides in tokens (x16 px) and
+# quantiser steps (Y, CbCr) in 8-bit levels; and the predicted cost of taking bytes from the
+# tokens, in dB of PSNR per e-fold of token bytes (Kodak, v2 weights: 4.2 dB from 0.005 to
+# 0.01 bpp, 3.3 to 0.02, 2.3 to 0.03).
+CORRECTION_CELLS = (2, 3, 4, 6, 8)
+CORRECTION_STEPS = ((12, 6), (16, 8), (24, 12))
+CORRECTION_SLOPE = 3.5
+
+
+class TargetError(CodecError):
+    """The target is below the smallest setting's file; `smallest` is that file (an exact encode)."""
+
+    def __init__(self, msg: str, smallest: "EncodeResult"):
+        super().__init__(msg)
+        self.smallest = smallest
+
+
+@dataclass(frozen=True)
+class Setting:
+    codebook: int
+    mode: str
+    quantile: float = 0.0
+
+    @property
+    def kept_share(self) -> float:
+        return {"entire": 1.0, "checkerboard": 0.5, "edge": 0.5 + 0.5 * self.quantile,
+                "edge_more": 0.25 + 0.75 * self.quantile}[self.mode]
+
+
+# Rate control's quality model: mean decoded PSNR (dB, temperature 0) per codebook and mask
+# mode, and for the edge modes per edge-block share (QUALITY_QUANTILES, interpolated between),
+# measured on training photos (never Kodak) by `python -m tokcodec.train quality`.
+QUALITY_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9)
+# Measured for model 703cb306 on 24 training photos (temperature 0); other weights fall back
+# to a rough model unless they carry their own table.
+QUALITY_MODEL = "703cb306"
+
+QUALITY: dict[int, dict[str, list[float]]] = {
+    1024: {"entire": [22.53], "checkerboard": [18.16],
+           "edge": [18.16, 19.97, 21.29, 22.17, 22.44],
+           "edge_more": [14.17, 16.96, 19.2, 21.42, 22.26]},
+    256: {"entire": [21.83], "checkerboard": [17.99],
+           "edge": [17.99, 19.67, 20.74, 21.52, 21.76],
+           "edge_more": [14.4, 16.94, 18.91, 20.9, 21.64]},
+    64: {"entire": [20.9], "checkerboard": [17.62],
+           "edge": [17.62, 19.07, 19.98, 20.64, 20.83],
+           "edge_more": [14.09, 16.46, 18.36, 20.12, 20.72]},
+    16: {"entire": [19.75], "checkerboard": [17.26],
+           "edge": [17.26, 18.31, 19.01, 19.51, 19.67],
+           "edge_more": [14.19, 16.12, 17.61, 19.08, 19.57]},
+}
+
+
+def expected_quality(s: Setting, table: dict | None = None) -> float:
+    """Rate control's estimate of decoded quality in dB (higher is better)."""
+    row = (table or {}).get(s.codebook, {}).get(s.mode)
+    if row is None:  # a model without a measured table: a rough prior by share and K
+        dropped = 1.0 - s.kept_share
+        base = {16: 19.4, 64: 20.7, 256: 21.7, 1024: 22.4}.get(s.codebook, 10 * np.log10(s.codebook) / 3 + 18)
+        return base - dropped * max(1.0, 1.5 * np.log2(s.codebook) - 4.0) - 3.0 * dropped ** 2 + 1e-3 * s.kept_share
+    q = float(np.interp(s.quantile, QUALITY_QUANTILES, row)) if len(row) > 1 else row[0]
+    return q + 1e-3 * s.kept_share  # ties go to the setting that keeps more
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    setting: Setting
+    tokens_total: int
+    tokens_kept: int
+    token_bits: int
+    mask_bits: float
+    info_bits: float
+
+
+class RateControl:
+    """Rate control methods of `codec.Codec` (which provides analyse, tokens_for, encode_setting,
+    _mask, _code_stages, generate, render, model and device)."""
+
+    def groups(self, codebook: int | None, mode: str | None, quantile: float | None) -> list[list[Setting]]:
+        """Candidate settings in groups whose file size grows along the list (edge-block share)."""
+        out = []
+        for k in self.model.codebooks:
+            if codebook is not None and k != codebook:
+                continue
+            for m in ("entire", "checkerboard", "edge", "edge_more"):
+                if mode is not None and m != mode:
+                    continue
+                if m in mask.USES_BLOCKS:
+                    qs = (quantile,) if quantile is not None else QUANTILES
+                    out.append([Setting(k, m, q) for q in qs])
+                else:
+                    out.append([Setting(k, m)])
+        return out
+
+    def encode(self, image: Image.Image, bpp: float | None = None, nbytes: int | None = None,
+               codebook: int | None = None, mode: str | None = None,
+               quantile: float | None = None, correct: bool = True) -> EncodeResult:
+        """Encode with the setting of highest expected quality whose whole file fits the target
+        (or, without a target, the richest setting allowed by the other options); `nbytes`
+        wins over `bpp`. `correct`: add a tone and colour correction where it pays."""
+        if not isinstance(image, Image.Image):
+            raise ArgumentTypeError(f"image must be a PIL image, got {type(image).__name__}")
+        bpp, nbytes, codebook, mode, quantile = self.check_encode_options(bpp, nbytes, codebook, mode, quantile)
+        a = self.analyse(image)
+        w, h = image.size
+        budget = int(nbytes) if nbytes is not None else (
+            int(np.floor(bpp * w * h / 8)) if bpp is not None else None)
+        return self.encode_analysed(a, budget, codebook, mode, quantile, correct=correct)
+
+    def check_encode_options(self, bpp, nbytes, codebook, mode, quantile) -> tuple:
+        """Validated encoder options (ArgumentError naming the option and its allowed values)."""
+        if bpp is not None:
+            bpp = errors.check_real("bpp", bpp, 0.0, None, lo_open=True)
+        if nbytes is not None:
+            nbytes = errors.check_int("nbytes", nbytes, 1)
+        if codebook is not None:
+            codebook = errors.check_choice("codebook", codebook, self.model.codebooks)
+        if mode is not None:
+            mode = errors.check_choice("mode", mode, container.MODES)
+        if quantile is not None:
+            quantile = errors.check_real("quantile", quantile, 0.0, 1.0)
+        return bpp, nbytes, codebook, mode, quantile
+
+    def encode_analysed(self, a: dict, budget: int | None, codebook: int | None = None,
+                        mode: str | None = None, quantile: float | None = None,
+                        allowed=None, correct: bool = True) -> EncodeResult:
+        """Rate control over tokens and tone/colour correction (correction.py): code the tokens
+        at the whole budget, decode them, and predict for each correction grid what it gains
+        (its squared error on that decode) and what its bytes cost the tokens
+        (CORRECTION_SLOPE dB per e-fold of token bytes); then code the tokens again with the
+        best grid's bytes taken off the budget and fit the grid to that decode. The result is
+        at or under the budget: if the refitted grid overflows, the token budget shrinks by the
+        overflow (up to three times), else the file goes without a grid."""
+        if not correct or "rgb" not in a:
+            return self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
+        rgb = a["rgb"]
+        grey = correction.is_grey(rgb)
+        try:
+            first = self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
+        except TargetError as e:  # the smallest file offered instead still keeps a grey image grey
+            if grey:
+                e.smallest = dataclasses.replace(e.smallest, data=with_correction(
+                    e.smallest.data, correction.Correction(0, True)))
+            raise
+        n = rgb.shape[0] * rgb.shape[1]
+        d0 = self.reconstruct(first, a)
+        base_cost = len(with_correction(first.data, correction.Correction(0, True))) - len(first.data) if grey else 0
+        options = [(10 * np.log10(255.0 ** 2 * 3 * n / max(correction.squared_error(rgb, d0, correction.Correction(0, grey)), 1e-9)),
+                    base_cost, None)]
+        token_bytes = len(first.data)
+        for cell in CORRECTION_CELLS:
+            gh, gw = correction.grid_shape(*a["size"], cell)
+            if gh * gw < 2:
+                continue
+            for steps in CORRECTION_STEPS:
+                corr = correction.fit(rgb, d0, cell, steps, grey)
+                cost = len(with_correction(first.data, corr)) - token_bytes
+                if budget is not None and cost >= token_bytes // 2:
+                    continue
+                sse = max(correction.squared_error(rgb, d0, corr), 1e-9)
+                gain = 10 * np.log10(255.0 ** 2 * 3 * n / sse)
+                options.append((gain, cost, (cell, steps)))
+        slope = CORRECTION_SLOPE if budget is not None else 0.0
+        room = token_bytes if budget is None else budget  # bytes the first file left unused are free
+
+        def score(o):
+            return o[0] - slope * np.log(room / max(room - o[1], 1)) if o[1] > room - token_bytes else o[0]
+        ranked = sorted(options, key=score, reverse=True)
+        for _, cost, cfg in ranked:
+            tokens_budget = None if budget is None else budget - cost
+            for _ in range(3):
+                try:  # the first file is reused when the grid fits in the bytes it left unused
+                    res = (first if tokens_budget is None or len(first.data) <= tokens_budget else
+                           self.encode_tokens(a, tokens_budget, codebook, mode, quantile, allowed))
+                except TargetError:
+                    break
+                if cfg is None and not grey:  # no grid, and nothing to mark
+                    return res
+                if cfg is None:
+                    corr = correction.Correction(0, grey)
+                else:
+                    pixels = d0 if res.data == first.data else self.reconstruct(res, a)
+                    corr = correction.fit(rgb, pixels, cfg[0], cfg[1], grey)
+                data = with_correction(res.data, corr)
+                if budget is None or len(data) <= budget:
+                    return dataclasses.replace(res, data=data)
+                tokens_budget -= len(data) - budget
+        return first
+
+    def reconstruct(self, r: EncodeResult, a: dict) -> np.ndarray:
+        """What a decoder draws from an encode (temperature 0, fidelity decoder, no correction)."""
+        s = r.setting
+        tokens = self.tokens_for(a, s.codebook)
+        _, keep = self._mask(a, s, tokens.shape)
+        full = self.generate(tokens, keep, s.codebook, 0, 0.0) if not keep.all() else tokens
+        return np.asarray(self.render(full, s.codebook, a["size"], 0.0, 0))
+
+    def encode_tokens(self, a: dict, budget: int | None, codebook: int | None = None,
+                      mode: str | None = None, quantile: float | None = None,
+                      allowed=None) -> EncodeResult:
+        """Rate control of the tokens on an analysis from `analyse` (reusable across targets and modes:
+        count tables computed for one target are cached in it for the next).
+
+        The search visits groups of settings in order of expected quality and, within a group,
+        binary-searches the largest edge-block share whose file fits. A setting whose estimated
+        size (float prior, `estimate_bytes`) is clearly over or under the budget is decided
+        without coding it; only settings within ESTIMATE_MARGIN of the budget, and the winner,
+        are coded exactly. The margin is far larger than the estimate's error, so the decisions
+        are those of exact sizes, and the returned file is always an exact encode that fits.
+        `allowed(setting)`, if given, removes settings (trim: those that keep a token the file
+        lacks); within a group it must hold for a prefix."""
+        w, h = a["size"]
+        groups = self.groups(codebook, mode, quantile)
+        if allowed is not None:
+            groups = [g for g in ([s for s in g if allowed(s)] for g in groups) if g]
+        groups = sorted(groups, key=lambda g: -self.expected_quality(g[-1]))
+        if budget is None:
+            return self.encode_setting(a, groups[0][-1])
+        tried: dict[Setting, EncodeResult] = {}
+
+        def exact(s: Setting) -> EncodeResult:
+            if s not in tried:
+                tried[s] = self.encode_setting(a, s)
+            return tried[s]
+
+        def fits(s: Setting) -> bool:
+            if s not in tried:
+                est = self.estimate_bytes(a, s)
+                if est > budget * (1 + ESTIMATE_MARGIN) + 8:
+                    return False
+                if est < budget * (1 - ESTIMATE_MARGIN) - 8:
+                    return True
+            return len(exact(s).data) <= budget
+
+        for fit_test in (fits, lambda s: len(exact(s).data) <= budget):
+            best = self.search(groups, fit_test)
+            if best is None:
+                break
+            r = exact(best)
+            if len(r.data) <= budget:
+                return r
+            # an estimate was off by more than the margin: search again on exact sizes only
+        # nothing fits: name the smallest setting (by estimate; its size is exact)
+        smallest = exact(min((g[0] for g in groups), key=lambda s: self.estimate_bytes(a, s)))
+        got = 8 * len(smallest.data) / (w * h)
+        raise TargetError(f"target {8 * budget / (w * h):.4f} bpp ({budget} bytes) cannot be reached "
+                          f"for this image; the smallest setting gives {got:.4f} bpp "
+                          f"({len(smallest.data)} bytes)", smallest)
+
+    def search(self, groups: list[list[Setting]], fits) -> Setting | None:
+        """The setting of highest expected quality that `fits`, groups in order of their best."""
+        eq = self.expected_quality
+        best = None
+        for g in groups:  # best upper bound first; stop once no group can beat the best found
+            if best is not None and eq(g[-1]) <= eq(best):
+                break
+            lo, hi, fit = 0, len(g) - 1, None
+            while lo <= hi:  # largest edge-block share that fits
+                mid = (lo + hi) // 2
+                if fits(g[mid]):
+                    fit, lo = g[mid], mid + 1
+                else:
+                    hi = mid - 1
+            if fit is not None and (best is None or eq(fit) > eq(best)):
+                best = fit
+        return best
+
+    @torch.no_grad()
+    def estimate_bytes(self, a: dict, setting: Setting) -> float:
+        """Estimated file size of a setting from the float twin of the prior: the information
+        content of the kept tokens and the block map, the coder's small overhead and the
+        container's fixed bytes. Stage tables are cached in the analysis, keyed by context."""
+        k = setting.codebook
+        tokens = self.tokens_for(a, k)
+        grid = tokens.shape
+        blocks, keep = self._mask(a, setting, grid)
+        bits = [mask.encode_blocks(entropy.Encoder(), blocks) if blocks is not None else 0.0]
+        twin = self.model.prior.float_twin()
+        flat = tokens.ravel()
+        floor = 2.0 ** -COUNT_BITS  # as the integer tables: every symbol keeps 1 of 2**20
+
+        def token_bits(ctx, k, pos):  # -log2 p(true token) at each position (sorted, flat)
+            where = np.zeros(ctx.size, dtype=bool)
+            where[pos] = True
+            logits = twin(torch.from_numpy(ctx)[None].to(self.device), k,
+                          torch.from_numpy(where.reshape(ctx.shape))[None].to(self.device))
+            logp = torch.log_softmax(logits.float(), -1)
+            p = logp.gather(1, torch.from_numpy(flat[pos]).to(self.device)[:, None])[:, 0].exp()
+            return (-torch.log2(p * (1 - k * floor) + floor)).cpu()
+
+        def step(pos, b):
+            bits[0] += float(b.sum())
+            return flat[pos]
+
+        self._code_stages(grid, k, keep, step, a.setdefault("estimates", {}).setdefault(k, {}), token_bits)
+        w, h = a["size"]
+        header = Header(w, h, self.model.model_id, k, setting.mode, 0,
+                        schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID)
+        fixed = len(container.pack(Container(header, b"")))
+        return fixed + 4 * np.ceil(bits[0] * 1.002 / 32)
