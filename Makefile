@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/pip install -q -e ".[bench]"
 	$(MAKE) vvc
 	$(BIN)/python -m tokcodec.bench --data $(KODAK) --realism 0,0.6,1 --codecs VVC,AVIF
+	$(BIN)/python -m tokcodec.bench_grey --data $(KODAK) --targets 0.01,0.03 --out docs
 	$(BIN)/python -m tokcodec.bench --data $(DATA) --split holdout --targets 0.01,0.03 --realism 0,0.6,1 \
 		--codecs VVC,AVIF --no-speed --out docs/holdout
 
