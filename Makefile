@@ -7,7 +7,7 @@ KODAK ?= ../shared/data/kodak
 PRIOR_MINUTES ?= 110
 IMG ?= $(shell $(BIN)/python -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))" 2>/dev/null)
 
-.PHONY: setup demo test bench vvc eval eval-modes eval-realism train-tokenizer train-ladder train-prior train-realism export export-realism fit-quality clean
+.PHONY: setup demo test check-cuda bench vvc eval eval-modes eval-realism train-tokenizer train-ladder train-prior train-realism export export-realism fit-quality clean
 
 # CPU PyTorch: `pip install torch==2.13.0` installs whatever build of 2.13.0 pip finds first. On
 # the development machine that is torch-2.13.0+cpu, a wheel in pip's local find-links folder
@@ -33,6 +33,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# CPU and CUDA give the same files and tokens (skipped without CUDA; on a lent GPU: `make check-cuda`)
+check-cuda: setup
+	$(BIN)/python -m pytest -q -rs tests/test_cuda.py
 
 eval: setup
 	mkdir -p out
