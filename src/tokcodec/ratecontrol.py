@@ -32,6 +32,7 @@ ESTIMATE_MARGIN = 0.01  # rate control codes exactly only settings within 1% (+8
 CORRECTION_CELLS = (2, 3, 4, 6, 8)
 CORRECTION_STEPS = ((12, 6), (16, 8), (24, 12))
 CORRECTION_SLOPE = 3.5
+CORRECTION_MAX_SHARE = 1.0  # largest share of the budget a grid may take (1.0: only the half-of-tokens rule)
 
 
 class TargetError(CodecError):
@@ -183,7 +184,7 @@ class RateControl:
             for steps in CORRECTION_STEPS:
                 corr = correction.fit(rgb, d0, cell, steps, grey)
                 cost = len(with_correction(first.data, corr)) - token_bytes
-                if budget is not None and cost >= token_bytes // 2:
+                if budget is not None and cost > min(token_bytes // 2 - 1, CORRECTION_MAX_SHARE * budget):
                     continue
                 sse = max(correction.squared_error(rgb, d0, corr), 1e-9)
                 gain = 10 * np.log10(255.0 ** 2 * 3 * n / sse)
