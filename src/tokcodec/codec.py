@@ -296,9 +296,8 @@ class Codec(RateControl):
             def step(pos, counts):
                 left[0] -= len(pos)
                 # the stage's tokens cost at least their most likely symbols: is there room?
-                dec.require(entropy.min_bits(counts, hd.coder_id) + left[0] * floor,
-                            f"the {len(pos) + left[0]} kept tokens from this stage on")
-                return dec.decode(counts)
+                return dec.decode(counts, left[0] * floor,
+                                  f"the {len(pos) + left[0]} kept tokens from this stage on")
 
             ctx, coded = self._code_stages(grid, k, keep, step, tables=tables)
             dec.finish()  # the payload must end where the coder's words end

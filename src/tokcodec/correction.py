@@ -65,21 +65,21 @@ def count_table(decay: int) -> np.ndarray:
     return np.concatenate([a[:0:-1], a])
 
 
-def predictions(q: np.ndarray) -> np.ndarray:
-    """Prediction of each cell from its already coded neighbours: (left + up) >> 1, where a
+def predict(q: np.ndarray, i: int, j: int) -> int:
+    """Prediction of cell (i, j) from its already coded neighbours: (left + up) >> 1, where a
     missing left is the up value, a missing up the left value, and the first cell 0."""
-    gh, gw = q.shape
+    left = q[i, j - 1] if j else (q[i - 1, j] if i else 0)
+    up = q[i - 1, j] if i else left
+    return (left + up) >> 1
+
+
+def predictions(q: np.ndarray) -> np.ndarray:
+    """`predict` at every cell of a known grid."""
     p = np.zeros_like(q)
-    for i in range(gh):
-        for j in range(gw):
-            left = q[i, j - 1] if j else (q[i - 1, j] if i else 0)
-            up = q[i - 1, j] if i else left
-            p[i, j] = (left + up) >> 1
+    for i in range(q.shape[0]):
+        for j in range(q.shape[1]):
+            p[i, j] = predict(q, i, j)
     return p
-
-
-def _differences(q: np.ndarray, predict: bool) -> np.ndarray:
-    return (q - predictions(q) if predict else q).ravel()
 
 
 _LOG2P: np.ndarray | None = None
@@ -105,11 +105,13 @@ def pack(c: Correction) -> bytes:
     flags, decays, plans = (FLAG_GREY if c.grey else 0), [], []
     for ch in range(c.channels):
         q = c.values[ch]
-        options = [(_best_decay(_differences(q, p)), p) for p in (False, True)]
-        (decay, _), predict = min(options, key=lambda o: o[0][1])
-        flags |= (2 << ch) if predict else 0
+        # each channel is coded as it is or as differences to predictions, whichever is smaller
+        options = [(d, predicted, *_best_decay(d))
+                   for d, predicted in ((q.ravel(), False), ((q - predictions(q)).ravel(), True))]
+        diff, predicted, decay, _ = min(options, key=lambda o: o[3])
+        flags |= (2 << ch) if predicted else 0
         decays.append(decay)
-        plans.append((_differences(q, predict), decay))
+        plans.append((diff, decay))
     enc = entropy.Encoder(CODER_ID)
     for diff, decay in plans:
         enc.encode(diff + ERR_MAX, np.broadcast_to(count_table(decay), (diff.size, 2 * ERR_MAX + 1)))
@@ -147,9 +149,7 @@ def unpack(body: bytes, width: int, height: int) -> Correction:
                 q = np.zeros((gh, gw), dtype=np.int64)
                 for i in range(gh):
                     for j in range(gw):
-                        left = q[i, j - 1] if j else (q[i - 1, j] if i else 0)
-                        up = q[i - 1, j] if i else left
-                        q[i, j] = diff[i, j] + ((left + up) >> 1)
+                        q[i, j] = diff[i, j] + predict(q, i, j)
             else:
                 q = diff
             if np.abs(q).max() > VALUE_MAX:

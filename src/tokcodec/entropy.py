@@ -59,11 +59,19 @@ def quantized_cdf(counts, coder_id: int) -> np.ndarray:
     return cdf
 
 
-def _table(counts, coder_id: int) -> np.ndarray:
-    """The float64 rows handed to constriction for a coder."""
+def _table(counts, coder_id: int, cdf: np.ndarray | None = None) -> np.ndarray:
+    """The float64 rows handed to constriction for a coder (`cdf`: quantized_cdf of the counts,
+    if the caller has it already)."""
     if coder_id == 1:
         return np.ascontiguousarray(_counts(counts), dtype=np.float64)
-    return np.ascontiguousarray(np.diff(quantized_cdf(counts, coder_id), axis=1) - 1, dtype=np.float64)
+    cdf = quantized_cdf(counts, coder_id) if cdf is None else cdf
+    return np.ascontiguousarray(np.diff(cdf, axis=1) - 1, dtype=np.float64)
+
+
+def _min_bits(cdf: np.ndarray) -> float:
+    """Lower bound on the bits the rows of `cdf` take from a stream (see min_bits)."""
+    widest = np.diff(cdf, axis=1).max(1)
+    return max(0.0, float((PRECISION - np.log2(widest)).sum()) * (1 - 1e-9) - 1e-6)
 
 
 class BinaryContexts:
@@ -118,19 +126,24 @@ class Decoder:
         # the coder's state, followed in integers (spec section 4.2)
         self._lower, self._range, self._renorms, self._symbols = 0, _MASK64, 0, 0
 
-    def decode(self, counts) -> np.ndarray:
+    def decode(self, counts, room_after: float | None = None, what: str = "") -> np.ndarray:
+        """Symbols coded with these count rows. With `room_after` (a lower bound on the bits of
+        what follows them), the payload must first have room for these symbols at their most
+        likely values (min_bits) plus that, else DecodeError names `what`."""
         c = _counts(counts)
         if c.shape[0] == 0:
             return np.zeros(0, dtype=np.int64)
+        cdf = quantized_cdf(c, self.coder_id)
+        if room_after is not None:
+            self.require(_min_bits(cdf) + room_after, what)
         try:
-            sym = self._dec.decode(_FAMILY, _table(c, self.coder_id)).astype(np.int64)
+            sym = self._dec.decode(_FAMILY, _table(c, self.coder_id, cdf)).astype(np.int64)
         except (ValueError, KeyError, AssertionError) as e:  # damaged stream
             raise DecodeError(f"range decoder failed: {e}") from None
-        self._follow(c, sym)
+        self._follow(cdf, sym)
         return sym
 
-    def _follow(self, counts: np.ndarray, sym: np.ndarray) -> None:
-        cdf = quantized_cdf(counts, self.coder_id)
+    def _follow(self, cdf: np.ndarray, sym: np.ndarray) -> None:
         rows = np.arange(len(sym))
         lefts, rights = cdf[rows, sym].tolist(), cdf[rows, sym + 1].tolist()
         lower, rng, renorms = self._lower, self._range, self._renorms
@@ -188,11 +201,7 @@ def min_bits(counts, coder_id: int) -> float:
     symbol narrows the coder's range at least by its widest interval (section 4.2), so by
     log2(2**24 / widest). Rounded down by a small margin; used to refuse payloads too short."""
     c = _counts(counts)
-    if not c.shape[0]:
-        return 0.0
-    cdf = quantized_cdf(c, coder_id)
-    widest = np.diff(cdf, axis=1).max(1)
-    return max(0.0, float((PRECISION - np.log2(widest)).sum()) * (1 - 1e-9) - 1e-6)
+    return _min_bits(quantized_cdf(c, coder_id)) if c.shape[0] else 0.0
 
 
 def information_bits(symbols, counts) -> float:

@@ -171,12 +171,14 @@ class RateControl:
                 e.smallest = dataclasses.replace(e.smallest, data=with_correction(
                     e.smallest.data, correction.Correction(0, True)))
             raise
-        n = rgb.shape[0] * rgb.shape[1]
         d0 = self.reconstruct(first, a)
-        base_cost = len(with_correction(first.data, correction.Correction(0, True))) - len(first.data) if grey else 0
-        options = [(10 * np.log10(255.0 ** 2 * 3 * n / max(correction.squared_error(rgb, d0, correction.Correction(0, grey)), 1e-9)),
-                    base_cost, None)]
+
+        def psnr(corr: correction.Correction) -> float:  # of the first file's decode, corrected
+            return 10 * np.log10(255.0 ** 2 * rgb.size / max(correction.squared_error(rgb, d0, corr), 1e-9))
+
         token_bytes = len(first.data)
+        no_grid = correction.Correction(0, grey)
+        options = [(psnr(no_grid), len(with_correction(first.data, no_grid)) - token_bytes if grey else 0, None)]
         for cell in CORRECTION_CELLS:
             gh, gw = correction.grid_shape(*a["size"], cell)
             if gh * gw < 2:
@@ -186,9 +188,7 @@ class RateControl:
                 cost = len(with_correction(first.data, corr)) - token_bytes
                 if budget is not None and cost > min(token_bytes // 2 - 1, CORRECTION_MAX_SHARE * budget):
                     continue
-                sse = max(correction.squared_error(rgb, d0, corr), 1e-9)
-                gain = 10 * np.log10(255.0 ** 2 * 3 * n / sse)
-                options.append((gain, cost, (cell, steps)))
+                options.append((psnr(corr), cost, (cell, steps)))
         slope = CORRECTION_SLOPE if budget is not None else 0.0
         room = token_bytes if budget is None else budget  # bytes the first file left unused are free
 
