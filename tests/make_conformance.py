@@ -91,8 +91,13 @@ def body_dims(body: bytes, width_bytes: bytes | None = None, height_bytes: bytes
     return (width_bytes or w) + (height_bytes or h) + body[q + 1:]
 
 
-def body_exts(body: bytes, exts: list[tuple[int, bytes]], tail: bytes = b"", n_ext: bytes | None = None) -> bytes:
+def body_exts(body: bytes, exts: list[tuple[int, bytes]], tail: bytes | None = None,
+              n_ext: bytes | None = None) -> bytes:
+    """Replace the extensions of a body that has none; `tail` (default: what followed them, the
+    mask_check byte of a 1.2 body) comes after the new ones."""
     off = field_offsets(body)["n_ext"]
+    assert body[off] == 0, "body_exts expects a body without extensions"
+    tail = body[off + 1:] if tail is None else tail
     out = body[:off] + (n_ext if n_ext is not None else varint(len(exts)))
     for tag, data in exts:
         out += varint(tag) + varint(len(data)) + data
@@ -199,12 +204,16 @@ def main() -> None:
     # extensions and later minors, rebuilt from the edge file (same payload, same tokens)
     p = split(edge)
     decodable("ext_ancillary.tkc",
-              assemble(p["version"], body_exts(p["body"], [(2, b"hello"), (300, bytes(range(130)))]), p["payload"]),
-              "two ancillary extensions (tag 300, 130 bytes: 2-byte varints, 2-byte header_len)",
+              assemble(b"\x01\x00", body_exts(p["body"][:-1], [(2, b"hello"), (300, bytes(range(130)))]),
+                       p["payload"]),
+              "version 1.0 with two ancillary extensions: tag 2, unknown in 1.0, and tag 300 (130 bytes: "
+              "2-byte varints, 2-byte header_len)",
               gen=GENERATE_SHORT)
     decodable("minor_3_appended_fields.tkc",
               assemble(b"\x01\x03", p["body"] + b"\x01\x02\x03\x04\x05", p["payload"]),
-              "version 1.3: five header bytes after the extensions are skipped", gen=GENERATE_SHORT)
+              "version 1.3: five header bytes after the mask check are skipped", gen=GENERATE_SHORT)
+    decodable("minor_1_no_mask_check.tkc", assemble(b"\x01\x01", p["body"][:-1], p["payload"]),
+              "version 1.1 (no mask check): the same file as tokc wrote before 1.2", gen=[])
     # ---- valid files, coder 1 (legacy: still decoded, sampled with the legacy generator)
     decodable("coder1_edge_k64_96x64.tkc", encode(96, 64, 64, "edge", 0.3, coder=1),
               "coder 1 (binary64 quantisation, legacy PCG64 sampling)")
@@ -231,8 +240,12 @@ def main() -> None:
     refused("refuse_header_len_past_end.tkc",
             (lambda d: d + struct.pack("<I", zlib.crc32(d)))(b"\x89TKC" + v + varint(len(b) + len(pl) + 1) + b + pl),
             "header", "header_len points past the end of the file")
-    refused("refuse_header_trailing_bytes_1_0.tkc", assemble(v, b + b"\x00", pl), "header",
+    refused("refuse_header_trailing_bytes_1_0.tkc", assemble(b"\x01\x00", b[:-1] + b"\x00", pl), "header",
             "a 1.0 header with a byte after its last field")
+    refused("refuse_mask_check_missing.tkc", assemble(v, b[:-1], pl), "header",
+            "a 1.2 header that ends after its extensions (no mask_check)")
+    refused("refuse_mask_check.tkc", assemble(v, b[:-1] + bytes([b[-1] ^ 0x5A]), pl), "mask_check",
+            "mask_check of another keep mask")
     refused("refuse_width_0.tkc", assemble(v, body_dims(b, width_bytes=b"\x00"), pl), "dimensions", "width 0")
     refused("refuse_width_65536.tkc", assemble(v, body_dims(b, width_bytes=varint(65536)), pl), "dimensions",
             "width 65536 (3-byte varint)")
@@ -262,6 +275,10 @@ def main() -> None:
     refused("refuse_block_map_past_end.tkc",
             assemble(big["version"], body_with(big["body"], params=(1 << 4) | 6), b""), "payload",
             "mode edge, empty payload: the block map reads past the end")
+    refused("refuse_height_mutated.tkc", assemble(big["version"], body_dims(big["body"], height_bytes=varint(16256)),
+                                                   big["payload"]), "mask_check",
+            "the 300x290 checkerboard file declaring 300x16256: its grid's keep mask fails the mask check "
+            "before any prior pass (CRCs valid)")
     refused("refuse_token_crc.tkc", assemble(v, body_with(b, token_crc32=0x12345678), pl), "token_crc",
             "token CRC-32 of other tokens", "accept")
 

@@ -68,6 +68,7 @@ class Header:
     extensions: list
     payload: bytes
     overhead: int
+    mask_check: int | None = None
 
     @property
     def k(self) -> int:
@@ -138,13 +139,14 @@ def parse(data: bytes, max_pixels: int = 64_000_000) -> Header:
         if tag & 1:  # no tag is defined in 1.0: every critical one is unknown
             raise Refuse("extension")
         exts.append((tag, body))
-    if data[5] <= 1 and h.pos != start + hlen:
-        raise Refuse("header", "bytes after the last field of a 1.0 or 1.1 header")
+    check = h.take(1)[0] if data[5] >= 2 else None
+    if data[5] <= 2 and h.pos != start + hlen:
+        raise Refuse("header", "bytes after the last field of a 1.0, 1.1 or 1.2 header")
     payload = data[start + hlen:-4]
     if len(payload) % 4:
         raise Refuse("payload_length")
     return Header(data[5], width, height, model_id, grid_log2, params & 15, MODES[params >> 4],
-                  schedule_id, coder_id, token_crc, exts, payload, len(data) - len(payload))
+                  schedule_id, coder_id, token_crc, exts, payload, len(data) - len(payload), check)
 
 
 def check_ids(hd: Header) -> None:
@@ -494,7 +496,7 @@ def keep_mask(hd: Header, dec: RangeDecoder) -> list[bool]:
     """Section 2 and 4.4 (block map)."""
     h, w = hd.grid
     if hd.mode == "entire":
-        return [True] * (h * w)
+        return check_mask(hd, [True] * (h * w))
     blocks = [[0] * (w // 2) for _ in range(h // 2)]
     if hd.mode in ("edge", "edge_more"):
         n = [[1, 1] for _ in range(4)]
@@ -507,7 +509,18 @@ def keep_mask(hd: Header, dec: RangeDecoder) -> list[bool]:
                 if sum(n[c]) > 1024:
                     n[c] = [(v + 1) // 2 for v in n[c]]
     base = (0,) if hd.mode == "edge_more" else (0, 1)
-    return [uigc_stage(i, j) in base or bool(blocks[i // 2][j // 2]) for i in range(h) for j in range(w)]
+    keep = [uigc_stage(i, j) in base or bool(blocks[i // 2][j // 2]) for i in range(h) for j in range(w)]
+    return check_mask(hd, keep)
+
+
+def check_mask(hd: Header, keep: list[bool]) -> list[bool]:
+    """Section 1.2, mask_check (files of minor 2 and later)."""
+    if hd.minor >= 2:
+        h, w = hd.grid
+        data = struct.pack("<HH", h, w) + bytes(int(k) for k in keep)
+        if crc32(data) & 0xFF != hd.mask_check:
+            raise Refuse("mask_check")
+    return keep
 
 
 def describe(data: bytes) -> Header:
@@ -654,61 +667,78 @@ def render(tokens: list[int], h: int, w: int, k: int, model: Model, width: int, 
            realism: float = 0.0, decoder: Weights | None = None, noise=None):
     """Section 8 in float64: RGB uint8 array (height, width, 3). With a realism decoder file
     (`decoder`, section 8.3) and r > 0, `noise(H, W)` supplies each block's N(0, 1) map."""
+    import math
+
     import numpy as np
 
     wt = model.weights
     cfg = json.loads(wt.metadata["tokenizer_config"])
-    r = realism if decoder is not None else 0.0
+    user_r = realism if decoder is not None else 0.0
 
     def arr(weights, name):
         return np.array(weights.values(name), dtype=np.float64).reshape(weights.raw[name][1])
 
-    def t(name):
-        v = arr(wt, f"tok.decoder.{name}")
-        return v + r * arr(decoder, "dec.delta." + name.replace(".", "__")) if r > 0 else v
+    def pixels(r):  # the decoder of 8.2, with decoder realism r (8.3) when r > 0
+        def t(name):
+            v = arr(wt, f"tok.decoder.{name}")
+            return v + r * arr(decoder, "dec.delta." + name.replace(".", "__")) if r > 0 else v
 
-    if r > 0:
-        f = np.array([r] + [np.sin(np.pi * i * r) for i in range(1, 5)] + [np.cos(np.pi * i * r) for i in range(1, 5)])
-        silu0 = (lambda v: v / (1 + np.exp(-v)))
-        e = silu0(arr(decoder, "dec.realism.mlp.0.weight") @ f + arr(decoder, "dec.realism.mlp.0.bias"))
-        e = silu0(arr(decoder, "dec.realism.mlp.2.weight") @ e + arr(decoder, "dec.realism.mlp.2.bias"))
-
-    def conv(name, x):
-        wgt, b = t(f"{name}.weight"), t(f"{name}.bias")
-        c, hh, ww = x.shape
-        xp = np.pad(x, ((0, 0), (1, 1), (1, 1)))
-        cols = np.stack([xp[:, a:a + hh, b2:b2 + ww] for a in range(3) for b2 in range(3)], 1)  # c,9,h,w
-        return np.einsum("ocn,cnhw->ohw", wgt.reshape(wgt.shape[0], c, 9), cols) + b[:, None, None]
-
-    def silu(x):
-        return x / (1 + np.exp(-x))
-
-    def shuffle(x, r):
-        c, hh, ww = x.shape
-        return x.reshape(c // (r * r), r, r, hh, ww).transpose(0, 3, 1, 4, 2).reshape(c // (r * r), hh * r, ww * r)
-
-    def block(name, x):
-        hid = conv(f"{name}.conv1", silu(x))
         if r > 0:
-            c = hid.shape[0]
-            gs = r * (arr(decoder, f"dec.{name}.film.weight") @ e + arr(decoder, f"dec.{name}.film.bias"))
-            hid = hid * (1 + gs[:c, None, None]) + gs[c:, None, None]
-            hid = hid + r * arr(decoder, f"dec.{name}.noise_scale")[:, None, None] * noise(*hid.shape[1:])
-        return x + conv(f"{name}.conv2", silu(hid))
+            f = np.array([r] + [np.sin(np.pi * i * r) for i in range(1, 5)] + [np.cos(np.pi * i * r) for i in range(1, 5)])
+            silu0 = (lambda v: v / (1 + np.exp(-v)))
+            e = silu0(arr(decoder, "dec.realism.mlp.0.weight") @ f + arr(decoder, "dec.realism.mlp.0.bias"))
+            e = silu0(arr(decoder, "dec.realism.mlp.2.weight") @ e + arr(decoder, "dec.realism.mlp.2.bias"))
 
-    cb = np.array(wt.values(f"tok.codebook_{k}"), dtype=np.float64).reshape(k, -1)
-    x = cb[np.array(tokens)].reshape(h, w, -1).transpose(2, 0, 1)
-    x = conv("inp", x)
-    b1, b2, b3 = cfg["dec_blocks"]  # blocks at H/4, H/8, H/16
-    for i in range(b3):
-        x = block(f"s3.{i}", x)
-    x = shuffle(conv("up2.0", x), 2)
-    for i in range(b2):
-        x = block(f"s2.{i}", x)
-    x = shuffle(conv("up1.0", x), 2)
-    for i in range(b1):
-        x = block(f"s1.{i}", x)
-    y = np.clip((shuffle(conv("out.0", silu(x)), 4) + 1) / 2, 0, 1)
+        def conv(name, x):
+            wgt, b = t(f"{name}.weight"), t(f"{name}.bias")
+            c, hh, ww = x.shape
+            xp = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+            cols = np.stack([xp[:, a:a + hh, b2:b2 + ww] for a in range(3) for b2 in range(3)], 1)  # c,9,h,w
+            return np.einsum("ocn,cnhw->ohw", wgt.reshape(wgt.shape[0], c, 9), cols) + b[:, None, None]
+
+        def silu(x):
+            return x / (1 + np.exp(-x))
+
+        def shuffle(x, r):
+            c, hh, ww = x.shape
+            return x.reshape(c // (r * r), r, r, hh, ww).transpose(0, 3, 1, 4, 2).reshape(c // (r * r), hh * r, ww * r)
+
+        def block(name, x):
+            hid = conv(f"{name}.conv1", silu(x))
+            if r > 0:
+                c = hid.shape[0]
+                gs = r * (arr(decoder, f"dec.{name}.film.weight") @ e + arr(decoder, f"dec.{name}.film.bias"))
+                hid = hid * (1 + gs[:c, None, None]) + gs[c:, None, None]
+                hid = hid + r * arr(decoder, f"dec.{name}.noise_scale")[:, None, None] * noise(*hid.shape[1:])
+            return x + conv(f"{name}.conv2", silu(hid))
+
+        cb = np.array(wt.values(f"tok.codebook_{k}"), dtype=np.float64).reshape(k, -1)
+        x = cb[np.array(tokens)].reshape(h, w, -1).transpose(2, 0, 1)
+        x = conv("inp", x)
+        b1, b2, b3 = cfg["dec_blocks"]  # blocks at H/4, H/8, H/16
+        for i in range(b3):
+            x = block(f"s3.{i}", x)
+        x = shuffle(conv("up2.0", x), 2)
+        for i in range(b2):
+            x = block(f"s2.{i}", x)
+        x = shuffle(conv("up1.0", x), 2)
+        for i in range(b1):
+            x = block(f"s1.{i}", x)
+        return np.clip((shuffle(conv("out.0", silu(x)), 4) + 1) / 2, 0, 1)
+
+    y = pixels(0.0)
+    if user_r > 0:  # 8.3: fidelity below the cut-off, decoder realism rd above it
+        rd = min(1.0, user_r / 0.6)
+        sigma = 1.0 if user_r <= 0.6 else 1 + 2 * (user_r - 0.6) / 0.4
+        n = math.ceil(3 * sigma)
+        taps = np.array([math.exp(-i * i / (2 * sigma * sigma)) for i in range(-n, n + 1)])
+        taps /= taps.sum()
+        d = pixels(rd) - y
+        dp = np.pad(d, ((0, 0), (0, 0), (n, n)), mode="edge")
+        g = sum(taps[i] * dp[:, :, i:i + d.shape[2]] for i in range(2 * n + 1))
+        gp = np.pad(g, ((0, 0), (n, n), (0, 0)), mode="edge")
+        g = sum(taps[i] * gp[:, i:i + d.shape[1], :] for i in range(2 * n + 1))
+        y = np.clip(y + d - g, 0, 1)
     rgb = np.floor(np.clip(y * 255 + 0.5, 0, 255)).astype(np.uint8).transpose(1, 2, 0)
     return rgb[:height, :width]
 

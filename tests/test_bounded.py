@@ -62,11 +62,30 @@ def test_short_payload_stops_before_any_pass_over_the_grid(codec, passes, words,
     assert passes == []
 
 
+def test_enlarged_grid_is_refused_before_the_prior_runs(codec, passes):
+    """A 1.2 file whose header is made to declare a taller image (CRCs made valid again): its
+    keep mask no longer matches the header's mask check, refused before any prior pass."""
+    for mode in ("entire", "edge", "checkerboard"):
+        c = unpack(codec.encode(photo(256, 160), None, None, 64, mode).data)
+        assert c.header.minor >= 2
+        for factor in (2, 64):
+            c2 = unpack(codec.encode(photo(256, 160), None, None, 64, mode).data)
+            c2.header.height *= factor
+            passes.clear()  # (the encode ran the prior)
+            # (an edge mode's longer block map may already run past the payload's end)
+            with pytest.raises(tokcodec.CodecError, match="mask check|payload ends"):
+                codec.decode(pack(c2), max_pixels=BIG)
+            with pytest.raises(tokcodec.TokcError, match="mask check|payload ends"):
+                describe(pack(c2), max_pixels=BIG)
+            assert not passes
+
+
 def test_enlarged_grid_stops_where_the_payload_runs_out(codec, passes):
-    """A valid file whose header is made to declare a 64x taller image: decoding stops at the
-    stage where its payload is used up, not after every stage (where the CRC would fail)."""
+    """The same in a 1.1 file (no mask check): decoding stops at the stage where its payload
+    is used up, not after every stage (where the CRC would fail)."""
     c = unpack(codec.encode(photo(256, 160), None, None, 64, "entire").data)
     c.header.height *= 64
+    c.header.minor, c.header.mask_check = 1, None
     with pytest.raises(tokcodec.CodecError, match="payload ends|too short"):
         codec.decode(pack(c), max_pixels=BIG)
     assert 0 < len(passes) < schedule.n_stages(*c.header.grid) - 1

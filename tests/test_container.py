@@ -81,8 +81,20 @@ def test_future_major_rejected_and_higher_minor_accepted():
     with pytest.raises(FormatError, match="version 2.0 is newer"):
         unpack(refresh_crc(bytes(data)))
     data = bytearray(pack(sample()))
-    data[5] = 7
-    assert unpack(refresh_crc(bytes(data))).header.minor == 7
+    data[5] = 7  # a 1.7 header holds 1.2's mask_check after the extensions, then fields of 1.3-1.7
+    with pytest.raises(FormatError, match="mask check"):
+        unpack(refresh_crc(bytes(data)))
+    c = sample()
+    c.header.minor, c.header.mask_check = 2, 0x5A
+    two = pack(c)
+    assert unpack(two).header.mask_check == 0x5A and len(two) == len(pack(sample())) + 1
+    c.header.extensions = [(4, b"x")]
+    body = pack(c)[7:-4 - len(c.payload)]  # header body (header_len is 1 byte here)
+    data = bytearray(pack(c))
+    data[5], data[6] = 7, len(body) + 3
+    data[7 + len(body):7 + len(body)] = b"\x01\x02\x03"
+    hd = unpack(refresh_crc(bytes(data))).header
+    assert (hd.minor, hd.mask_check, hd.extensions) == (7, 0x5A, [(4, b"x")])
 
 
 def test_unknown_critical_extension_rejected_ancillary_skipped():

@@ -94,7 +94,7 @@ def test_encoder_adds_a_correction_that_lowers_the_error_and_fits_the_budget(cod
         assert len(r.data) <= nbytes
         c = container.unpack(r.data)
         bodies = [b for t, b in c.header.extensions if t == correction.TAG]
-        assert len(bodies) == 1 and c.header.minor == 1
+        assert len(bodies) == 1 and c.header.minor == 2
         corr = correction.unpack(bodies[0], *img.size)
         assert corr.cell > 0
         decoded = np.asarray(codec.decode(r.data, realism=0.0)).astype(np.float64)
@@ -104,10 +104,10 @@ def test_encoder_adds_a_correction_that_lowers_the_error_and_fits_the_budget(cod
         assert ((decoded - rgb) ** 2).mean() < 0.9 * ((plain - rgb) ** 2).mean()
 
 
-def test_without_correction_the_file_is_a_1_0_file(codec):
+def test_without_correction_the_file_has_no_extension(codec):
     r = codec.encode(photo(160, 96, seed=2), nbytes=200, correct=False)
     hd = container.unpack(r.data).header
-    assert hd.minor == 0 and hd.extensions == []
+    assert hd.minor == container.WRITE_MINOR and hd.extensions == []
 
 
 @pytest.mark.parametrize("size", [(160, 96), (17, 9)])
@@ -172,16 +172,17 @@ def test_in_a_1_0_file_tag_2_is_skipped_whatever_it_holds(codec):
     assert not np.array_equal(np.asarray(codec.decode(r.data, realism=0.0)), want)
 
 
-def test_cli_no_correction_writes_a_1_0_file_and_info_reports_the_correction(codec, tmp_path):
+def test_cli_no_correction_writes_no_extension_and_info_reports_the_correction(codec, tmp_path):
     from click.testing import CliRunner
     from tokcodec.cli import main
     src = tmp_path / "cast.png"
     _cast(photo(160, 96, seed=6)).save(src)
     w = ["--weights", str(codec.model.path)]
-    for flag, minor in (([], 1), (["--no-correction"], 0)):
-        out = tmp_path / f"o{minor}.tkc"
+    for flag, has in (([], True), (["--no-correction"], False)):
+        out = tmp_path / f"o{has}.tkc"
         res = CliRunner().invoke(main, ["encode", str(src), str(out), "--bytes", "300", *flag, *w])
         assert res.exit_code == 0, res.output
-        assert container.unpack(out.read_bytes()).header.minor == minor
+        exts = container.unpack(out.read_bytes()).header.extensions
+        assert [t for t, _ in exts] == ([correction.TAG] if has else [])
         info = CliRunner().invoke(main, ["info", str(out), "--json"])
-        assert ("colour" in info.output) == (minor == 1), info.output
+        assert ("colour" in info.output) == has, info.output

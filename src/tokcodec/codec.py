@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import container, correction, entropy, errors, mask, schedule
+from . import container, correction, detail, entropy, errors, mask, schedule
 from .container import Container, Header
 from .errors import ArgumentError, ArgumentTypeError, CodecError, FormatError, TokcError
 from .imageio import ImageError as _ImageError
@@ -65,6 +65,10 @@ def read_mask(c: Container) -> tuple[entropy.Decoder, np.ndarray]:
         tail = container.min_kept_tokens(hd) * floor
         blocks = mask.decode_blocks(dec, (hd.grid[0] // 2, hd.grid[1] // 2), tail)
     keep = mask.keep_mask(hd.mode, hd.grid, blocks)
+    if hd.minor >= 2 and container.mask_check(keep) != hd.mask_check:
+        raise entropy.DecodeError(f"its keep mask does not match the header's mask check "
+                                  f"({container.mask_check(keep)} != {hd.mask_check}): the width, height "
+                                  "or mode in the header do not belong to this payload")
     dec.require(int(keep.sum()) * floor, f"its {int(keep.sum())} kept tokens")
     return dec, keep
 
@@ -214,7 +218,8 @@ class Codec(RateControl):
         payload = enc.finish()
         w, h = a["size"]
         header = Header(w, h, self.model.model_id, k, setting.mode, token_crc(coded),
-                        schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID)
+                        schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID,
+                        minor=container.WRITE_MINOR, mask_check=container.mask_check(keep))
         data = container.pack(Container(header, payload))
         return EncodeResult(data, setting, int(keep.size), int(keep.sum()), 8 * len(payload),
                             mask_bits, info[0])
@@ -337,11 +342,17 @@ class Codec(RateControl):
     def render(self, tokens: np.ndarray, k: int, size: tuple[int, int], realism: float = 0.0,
                seed: int = 0) -> Image.Image:
         """Pixels from a full token grid. With a realism-conditioned decoder, `realism` in [0, 1]
-        picks the point between fidelity (0) and realism (1); its noise is drawn on the CPU from
-        `seed`, so the same file, seed and realism give the same pixels on a machine."""
+        picks the point between fidelity (0) and realism (1): the fidelity decoder's picture
+        below a cut-off frequency, the realism decoder's detail above it (detail.py). Its noise
+        is drawn on the CPU from `seed`, so the same file, seed and realism give the same pixels
+        on a machine."""
         t = torch.from_numpy(tokens)[None].to(self.device)
-        gen = torch.Generator().manual_seed(seed)
-        x = self.model.tokenizer.decode(t, k, realism, gen)[0]
+        tok = self.model.tokenizer
+        x = tok.decode(t, k, 0.0)
+        if realism > 0 and tok.decoder.conditioned:
+            rd, sigma = detail.knob(realism)
+            x = detail.band_split(x, tok.decode(t, k, rd, torch.Generator().manual_seed(seed)), sigma)
+        x = x[0]
         arr = (x.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
         w, h = size
         return Image.fromarray(arr[:h, :w])

@@ -11,6 +11,7 @@ Header body (version 1.0), in order:
     token_crc32 4 bytes (LE)             CRC-32 of the kept tokens as u16 LE in coding order
     n_ext varint, then n_ext x (tag varint, length varint, bytes)
         tag bit 0 set = critical (a reader that does not know the tag must refuse the file)
+    mask_check u8 (version 1.2 on)       low byte of a CRC-32 over the grid size and keep mask
 Varints are unsigned LEB128 and must use the shortest form.
 The payload is the range coder's 32-bit words, little-endian. The file CRC-32 (LE) covers
 every byte before it.
@@ -26,7 +27,10 @@ from dataclasses import dataclass, field
 from .errors import FormatError
 
 MAGIC = b"\x89TKC"
-MAJOR, MINOR = 1, 1  # 1.1 adds extension 2 (tone and colour correction); files without it are 1.0
+# 1.1 added extension 2 (tone and colour correction); 1.2 appends mask_check to the header.
+# tokc writes 1.2 files; it reads 1.0 and 1.1 files as before.
+MAJOR, MINOR = 1, 2
+WRITE_MINOR = 2
 MAX_DIMENSION = 65535
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_FILE_BYTES = 26  # magic, version, the shortest header (1x1, no extension), file CRC; no payload
@@ -89,7 +93,8 @@ class Header:
     schedule_id: int = 1
     coder_id: int = 1
     extensions: list[tuple[int, bytes]] = field(default_factory=list)
-    minor: int = 0  # files are 1.0 unless they hold a 1.1 extension (codec.with_correction)
+    minor: int = 0  # as read; tokc's encoder writes WRITE_MINOR (codec.encode_setting)
+    mask_check: int | None = None  # minor >= 2: mask_check(grid, keep) of the file's keep mask
 
     @property
     def token_size(self) -> int:
@@ -133,6 +138,10 @@ def _body(h: Header) -> bytes:
         put_varint(b, tag)
         put_varint(b, len(data))
         b += data
+    if h.minor >= 2:
+        if h.mask_check is None or not 0 <= h.mask_check <= 255:
+            raise ValueError("a 1.2 header needs mask_check (0..255)")
+        b.append(h.mask_check)
     return bytes(b)
 
 
@@ -205,17 +214,28 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
             raise FormatError(f"file uses critical extension {tag} that this tokc does not know; "
                               "upgrade tokc")
         exts.append((tag, payload))
+    check = hr.u8("mask check") if minor >= 2 else None
     # Fields appended by a later minor version are skipped: hr.pos may be < start + hlen.
     if minor <= MINOR and hr.pos != start + hlen:
         raise FormatError(f"header has {start + hlen - hr.pos} bytes after its last field "
                           f"(not allowed in a {MAJOR}.{MINOR} file)")
     header = Header(width, height, model_id, 1 << log_k, MODES[mode_i], token_crc, grid_log2,
-                    schedule_id, coder_id, exts, minor)
+                    schedule_id, coder_id, exts, minor, check)
     payload = data[start + hlen:len(data) - 4]
     if len(payload) % 4:
         raise FormatError("payload is not a whole number of 32-bit words (file damaged)")
     check_payload_length(header, len(payload))
     return Container(header, payload)
+
+
+def mask_check(keep) -> int:
+    """Header field mask_check (1.2): the low byte of the CRC-32 of the grid's rows and columns
+    (u16 LE each) followed by one byte per token in raster order, 1 kept, 0 dropped. A reader
+    compares it with the keep mask it built (after the block map, before any token), so a file
+    whose declared size does not match its payload fails before the prior runs. `keep`: a 2-D
+    boolean numpy array."""
+    gh, gw = keep.shape
+    return zlib.crc32(struct.pack("<HH", gh, gw) + keep.astype("u1").tobytes()) & 0xFF
 
 
 # ------------------------------------------------------------------ payload length (section 4.3)

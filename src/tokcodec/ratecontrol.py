@@ -324,6 +324,7 @@ class RateControl:
         self._code_stages(grid, k, keep, step, a.setdefault("estimates", {}).setdefault(k, {}), token_bits)
         w, h = a["size"]
         header = Header(w, h, self.model.model_id, k, setting.mode, 0,
-                        schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID)
+                        schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID,
+                        minor=container.WRITE_MINOR, mask_check=0)
         fixed = len(container.pack(Container(header, b"")))
         return fixed + 4 * np.ceil(bits[0] * 1.002 / 32)
