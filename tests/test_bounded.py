@@ -66,10 +66,10 @@ def test_enlarged_grid_is_refused_before_the_prior_runs(codec, passes):
     """A 1.2 file whose header is made to declare a taller image (CRCs made valid again): its
     keep mask no longer matches the header's mask check, refused before any prior pass."""
     for mode in ("entire", "edge", "checkerboard"):
-        c = unpack(codec.encode(photo(256, 160), None, None, 64, mode).data)
+        c = unpack(codec.encode(photo(256, 160), None, None, 64, mode, correct=False).data)
         assert c.header.minor >= 2
         for factor in (2, 64):
-            c2 = unpack(codec.encode(photo(256, 160), None, None, 64, mode).data)
+            c2 = unpack(codec.encode(photo(256, 160), None, None, 64, mode, correct=False).data)
             c2.header.height *= factor
             passes.clear()  # (the encode ran the prior)
             # (an edge mode's longer block map may already run past the payload's end)
@@ -83,12 +83,26 @@ def test_enlarged_grid_is_refused_before_the_prior_runs(codec, passes):
 def test_enlarged_grid_stops_where_the_payload_runs_out(codec, passes):
     """The same in a 1.1 file (no mask check): decoding stops at the stage where its payload
     is used up, not after every stage (where the CRC would fail)."""
-    c = unpack(codec.encode(photo(256, 160), None, None, 64, "entire").data)
+    c = unpack(codec.encode(photo(256, 160), None, None, 64, "entire", correct=False).data)
     c.header.height *= 64
     c.header.minor, c.header.mask_check = 1, None
     with pytest.raises(tokcodec.CodecError, match="payload ends|too short"):
         codec.decode(pack(c), max_pixels=BIG)
     assert 0 < len(passes) < schedule.n_stages(*c.header.grid) - 1
+
+
+def test_enlarged_grid_with_a_correction_is_refused_before_the_prior_runs(codec, passes):
+    """In a 1.1 file with a tone and colour correction, the correction's grid (read before the
+    tokens) no longer fits the declared size: refused before any prior pass."""
+    r = codec.encode(photo(256, 160, seed=9), nbytes=400)
+    c = unpack(r.data)
+    assert any(t == 2 for t, _ in c.header.extensions)
+    c.header.height *= 64
+    c.header.minor, c.header.mask_check = 1, None
+    passes.clear()
+    with pytest.raises(tokcodec.TokcError, match="correction"):
+        codec.decode(pack(c), max_pixels=BIG)
+    assert not passes
 
 
 def test_a_stage_needs_room_for_its_most_likely_symbols(codec, passes):

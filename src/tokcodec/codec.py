@@ -366,16 +366,18 @@ class Codec(RateControl):
         max_pixels = errors.check_max_pixels(max_pixels)
         r = self.default_realism if realism is None else check_realism(realism)
         c = self.read(data, max_pixels)
+        corr = read_correction(c)  # before the tokens: its grid must fit the declared size
         tokens, keep = self.decode_tokens(c)
         full = (self.generate(tokens, keep, c.header.codebook, seed, temperature, c.header.coder_id)
                 if not keep.all() else tokens)
         img = self.render(full, c.header.codebook, (c.header.width, c.header.height), r, seed)
-        return self.finish_pixels(img, c)
+        return self.finish_pixels(img, c, corr)
 
     @staticmethod
-    def finish_pixels(img: Image.Image, c: Container) -> Image.Image:
-        """Apply the file's tone and colour correction (extension 2), if it has one."""
-        corr = read_correction(c)
+    def finish_pixels(img: Image.Image, c: Container, corr=False) -> Image.Image:
+        """Apply the file's tone and colour correction (extension 2), if it has one (`corr`:
+        the one already read from `c`, or None)."""
+        corr = read_correction(c) if corr is False else corr
         return img if corr is None else Image.fromarray(correction.apply(np.asarray(img), corr))
 
     @property
