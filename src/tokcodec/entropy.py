@@ -139,7 +139,8 @@ class Decoder:
         try:
             sym = self._dec.decode(_FAMILY, _table(c, self.coder_id, cdf)).astype(np.int64)
         except (ValueError, KeyError, AssertionError) as e:  # damaged stream
-            raise DecodeError(f"range decoder failed: {e}") from None
+            raise DecodeError("the payload is not a valid range-coder stream "
+                              "(its words point outside every symbol's interval)") from None
         self._follow(cdf, sym)
         return sym
 
