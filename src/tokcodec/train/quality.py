@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..codec import QUALITY_QUANTILES, Codec, Setting
+from ..codec import Codec
+from ..ratecontrol import QUALITY_QUANTILES, Setting
 from ..imageio import load_image
 from ..metrics import image_to_tensor, psnr
 from .data import list_images

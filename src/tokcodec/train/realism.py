@@ -15,6 +15,10 @@ smoothed by an EMA), so no hand-tuned scale between pixel and GAN losses is need
 vectors (upsampled), as in HiFiC; spectral norm on every convolution, hinge loss. No pretrained
 network is used: the discriminator's features are the perceptual loss.
 
+With --band 1, r is the user's realism: the batch is decoded as decode shows it (detail.py: the
+fidelity decoder below a cut-off frequency, the realism decoder at rd above it), and every loss
+sees that picture, so the decoder learns to put its texture where it is kept.
+
 Checkpoints (`last.pt`: decoder, EMA decoder, discriminator, optimisers) every --save-minutes;
 `export` writes the EMA decoder into the shipped weights and the discriminator, in fp16, into
 weights/train-state/ so a later session can resume adversarial training from the commit.
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .. import detail
 from .. import weights as W
 from ..tokenizer import Tokenizer, TokenizerConfig
 from .common import Progress, load_checkpoint, save_checkpoint, setup
@@ -176,8 +181,16 @@ def train_realism(args) -> None:
         codes = tok.embed(tok.quantize(z, k), k)
         # one r per batch (the weights depend on r); r = 0 is the frozen fidelity decoder
         r = args.r_min + (1 - args.r_min) * float(torch.rand((), generator=gen))
-        with amp:
-            y = dec(codes, r)
+        if args.band:  # train what decode shows: the fidelity picture + the realism band (detail.py)
+            rd, sigma = detail.knob(r)
+            with torch.no_grad(), amp:
+                y0 = dec(codes, 0.0).float()
+            with amp:
+                d = dec(codes, rd).float() - y0
+            y = y0 + d - detail.blur(d, sigma)
+        else:
+            with amp:
+                y = dec(codes, r)
         gan_on = step >= args.gan_start
         # discriminator step (real vs every fake, whatever its r)
         with amp:
@@ -309,6 +322,9 @@ def add_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fm-weight", type=float, default=1.0)
     p.add_argument("--lowpass-weight", type=float, default=0.5,
                    help="weight of an L1 term on 8x8-average-pooled colours (tone and colour fidelity)")
+    p.add_argument("--band", type=int, default=0,
+                   help="1: r is the user's realism, and losses see detail.py's output (the fidelity "
+                        "decoder below a cut-off, the realism decoder above it), as decode shows it")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--bf16", type=int, default=1, help="bf16 autocast on CPU (1) or fp32 (0)")
     p.add_argument("--threads", type=int, default=0)
