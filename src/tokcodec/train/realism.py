@@ -204,7 +204,7 @@ def train_realism(args) -> None:
         # decoder step
         dist = distortion(x, y)
         loss = dist.mean()
-        stats = {"dist": float(loss), "d_loss": float(d_loss), "r": r}
+        stats = {"dist": float(loss.detach()), "d_loss": float(d_loss.detach()), "r": r}
         if args.lowpass_weight:  # keep colour and tone: the adversarial term pushes saturation up
             lp = per_image((F.avg_pool2d(y.float(), 8) - F.avg_pool2d(x, 8)).abs()).mean()
             loss = loss + args.lowpass_weight * lp
