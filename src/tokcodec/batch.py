@@ -73,8 +73,27 @@ def name_outputs(jobs: list[Job], suffix: str) -> list[Job]:
     return jobs
 
 
+def _init_worker(threads: int | None) -> None:
+    import torch
+    torch.set_num_threads(threads or 1)
+
+
+def _convert_in_worker(convert: Callable[[Path, Path], None], src: Path, dst: Path) -> str | None:
+    """Run one conversion in a worker process; a failure comes back as its message (library
+    exceptions need not survive pickling)."""
+    try:
+        convert(src, dst)
+    except Exception as e:  # noqa: BLE001 - reported by the parent, the batch goes on
+        return str(e) or type(e).__name__
+    return None
+
+
 def run_batch(jobs: list[Job], convert: Callable[[Path, Path], None], overwrite: bool,
-              quiet: bool, label: str) -> Report:
+              quiet: bool, label: str, workers: int = 1, threads: int | None = None) -> Report:
+    """Convert every job; `convert(src, dst)` writes one output. With `workers` > 1 the
+    conversions run in that many processes (spawned, each loading the model once, with
+    `threads` CPU threads); `convert` must then be picklable (a module-level function or a
+    functools.partial of one). Checks on names and existing outputs stay in this process."""
     rep = Report()
     t0 = time.perf_counter()
     show = not quiet and sys.stderr.isatty()
@@ -87,29 +106,66 @@ def run_batch(jobs: list[Job], convert: Callable[[Path, Path], None], overwrite:
                             console=Console(stderr=True), transient=False)
         progress.start()
         task = progress.add_task(label, total=len(jobs), rate="")
+
+    def advance():
+        if progress is not None:
+            el = time.perf_counter() - t0
+            progress.update(task, advance=1, rate=f"{len(rep.done) / el * 60:.1f} img/min" if el > 0 else "")
+
+    def ready(job: Job) -> bool:
+        """Checks before converting; False when the job is skipped or failed already."""
+        try:
+            if job.error:
+                raise ValueError(job.error)
+            if job.dst.exists() and not overwrite:
+                rep.skipped.append(job.src)
+                return False
+            if job.dst.resolve() == job.src.resolve():
+                raise ValueError("output would overwrite the input")
+            job.dst.parent.mkdir(parents=True, exist_ok=True)
+            return True
+        except Exception as e:  # noqa: BLE001 - every failure is reported, the batch goes on
+            rep.failed.append((job.src, str(e) or type(e).__name__))
+            return False
+
+    def finished(job: Job, error: str | None) -> None:
+        if error is None:
+            rep.done.append(job.src)
+            rep.bytes_in += job.src.stat().st_size
+            rep.bytes_out += job.dst.stat().st_size
+        else:
+            rep.failed.append((job.src, error))
+        advance()
+
     try:
+        todo = []
         for job in jobs:
-            try:
-                if job.error:
-                    raise ValueError(job.error)
-                if job.dst.exists() and not overwrite:
-                    rep.skipped.append(job.src)
-                elif job.dst.resolve() == job.src.resolve():
-                    raise ValueError("output would overwrite the input")
-                else:
-                    job.dst.parent.mkdir(parents=True, exist_ok=True)
+            if ready(job):
+                todo.append(job)
+            else:
+                advance()
+        if workers > 1 and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            with ProcessPoolExecutor(min(workers, len(todo)), multiprocessing.get_context("spawn"),
+                                     _init_worker, (threads,)) as pool:
+                futures = {pool.submit(_convert_in_worker, convert, j.src, j.dst): j for j in todo}
+                try:
+                    for f in as_completed(futures):
+                        finished(futures[f], f.result())
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        else:
+            for job in todo:
+                try:
                     convert(job.src, job.dst)
-                    rep.done.append(job.src)
-                    rep.bytes_in += job.src.stat().st_size
-                    rep.bytes_out += job.dst.stat().st_size
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # noqa: BLE001 - every failure is reported, the batch goes on
-                rep.failed.append((job.src, str(e) or type(e).__name__))
-            if progress is not None:
-                el = time.perf_counter() - t0
-                progress.update(task, advance=1,
-                                rate=f"{len(rep.done) / el * 60:.1f} img/min" if el > 0 else "")
+                    error = None
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # noqa: BLE001 - every failure is reported, the batch goes on
+                    error = str(e) or type(e).__name__
+                finished(job, error)
     finally:
         if progress is not None:
             progress.stop()

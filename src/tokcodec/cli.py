@@ -6,9 +6,11 @@ target, model mismatch), 2 usage error. Errors are one line on stderr, never a t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -170,6 +172,9 @@ batch_opts = [
     click.option("-r", "--recursive", is_flag=True, help="batch mode: walk sub-folders, keeping their structure"),
     click.option("--overwrite", is_flag=True, help="batch mode: replace existing outputs (default: skip them)"),
     click.option("-q", "--quiet", is_flag=True, help="no notes, progress bar or summary"),
+    click.option("-j", "--jobs", "n_jobs", type=click.IntRange(1, 64), default=None,
+                 help="batch mode: files converted at once, each in its own process with --threads "
+                      "threads (default: one per CPU core, at most 4)"),
 ]
 
 
@@ -179,6 +184,78 @@ def with_options(opts):
             f = o(f)
         return f
     return deco
+
+
+def n_workers(requested: int | None, n_files: int) -> int:
+    """Worker processes for a batch: --jobs, else one per CPU core available (at most 4: each
+    holds its own copy of the model); never more than there are files."""
+    if requested is None:
+        try:
+            requested = min(4, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            requested = min(4, os.cpu_count() or 1)
+    return max(1, min(requested, n_files))
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """What `tokc encode` was asked, for each file (picklable: batch workers get a copy)."""
+    bpp: float | None
+    nbytes: int | None
+    k: int | None
+    mode: str | None
+    quantile: float | None
+    given: bool
+    strict: bool
+    correct: bool
+    quiet: bool
+    verbose: bool
+    weights: str | None
+    device: str
+    max_pixels: int
+
+
+def encode_bytes(raw: bytes, name: str, o: EncodeOptions) -> bytes:
+    from .codec import get_codec
+    img = load_image(raw, o.max_pixels, name)
+    r, msg = encode_to_target(get_codec(o.weights, o.device), img, name, o.bpp, o.nbytes, o.k, o.mode, o.quantile,
+                              o.given, o.strict, o.correct)
+    if msg and not o.quiet:
+        note(msg)
+    if o.verbose:
+        w, h = img.size
+        s = r.setting
+        click.echo(f"{name}: {w}x{h}, {len(r.data)} bytes = {8 * len(r.data) / (w * h):.4f} bpp | "
+                   f"K={s.codebook} mode={s.mode} quantile={s.quantile:.2f} | kept {r.tokens_kept}/"
+                   f"{r.tokens_total} tokens, {r.token_bits} payload bits ({r.info_bits:.0f} bits "
+                   f"information, block map {r.mask_bits:.0f} bits)", err=True)
+    return r.data
+
+
+def encode_file(src: Path, dst: Path, opts: EncodeOptions) -> None:
+    atomic_write(dst, encode_bytes(src.read_bytes(), str(src), opts))
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What `tokc decode` was asked, for each file (picklable: batch workers get a copy)."""
+    seed: int
+    temperature: float
+    realism: float | None
+    weights: str | None
+    device: str
+    max_pixels: int
+
+
+def decode_bytes(data: bytes, target: str, name: str, o: DecodeOptions) -> bytes:
+    unpack_checked(data, name, o.max_pixels)  # reject damaged files before loading the model
+    from .codec import get_codec
+    img = get_codec(o.weights, o.device).decode(data, o.seed, o.temperature, o.max_pixels, o.realism)
+    return image_bytes(img, target)
+
+
+def decode_file(src: Path, dst: Path, target: str, opts: DecodeOptions) -> None:
+    atomic_write(dst, decode_bytes(src.read_bytes(), target, str(src), opts))
 
 
 def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | None, k: int | None,
@@ -227,7 +304,7 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
 @click.option("--quantile", type=click.FloatRange(0, 1), default=None,
               help="share of 2x2-token blocks kept as edge blocks (edge modes)")
 @click.option("--no-correction", "no_correction", is_flag=True,
-              help="leave out the tone and colour correction (faster encode, a 1.0 file)")
+              help="leave out the tone and colour correction (faster encode)")
 @click.option("-f", "--force", is_flag=True, help="write a .tkc to a terminal anyway")
 @click.option("-v", "--verbose", is_flag=True, help="print the chosen setting and sizes")
 @with_options(batch_opts)
@@ -236,8 +313,7 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
 @maxpix_opt
 @threads_opt
 def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, no_correction, force, verbose, output_dir,
-           recursive, overwrite,
-           quiet, weights, device, max_pixels, threads):
+           recursive, overwrite, quiet, n_jobs, weights, device, max_pixels, threads):
     """Encode images to .tkc: `tokc encode IN OUT` (- for stdin/stdout), or
     `tokc encode FILES|FOLDERS... -o OUTDIR` for many files."""
     single = batch_or_single(paths, output_dir)
@@ -250,37 +326,22 @@ def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, no_correction, 
     if not given and not explicit:
         bpp = DEFAULT_BPP
     k = int(codebook) if codebook else None
-
-    def encode_bytes(raw: bytes, name: str) -> bytes:
-        from .codec import get_codec
-        img = load_image(raw, max_pixels, name)
-        r, msg = encode_to_target(get_codec(weights, device), img, name, bpp, nbytes, k, mode, quantile, given,
-                                  strict, not no_correction)
-        if msg and not quiet:
-            note(msg)
-        if verbose:
-            w, h = img.size
-            s = r.setting
-            click.echo(f"{name}: {w}x{h}, {len(r.data)} bytes = {8 * len(r.data) / (w * h):.4f} bpp | "
-                       f"K={s.codebook} mode={s.mode} quantile={s.quantile:.2f} | kept {r.tokens_kept}/"
-                       f"{r.tokens_total} tokens, {r.token_bits} payload bits ({r.info_bits:.0f} bits "
-                       f"information, block map {r.mask_bits:.0f} bits)", err=True)
-        return r.data
-
+    opts = EncodeOptions(bpp, nbytes, k, mode, quantile, given, strict, not no_correction, quiet, verbose,
+                         weights, device, max_pixels)
     if single:
         src, dst = single
         check_input(src)
         check_output(dst, (src,), force, "compressed data")
         set_threads(threads)
-        run_guarded(lambda: write_output(dst, encode_bytes(read_input(src), display_name(src))))
+        run_guarded(lambda: write_output(dst, encode_bytes(read_input(src), display_name(src), opts)))
         return
     from .batch import IMAGE_EXTS, plan, run_batch
     jobs = plan(list(paths), Path(output_dir), IMAGE_EXTS, ".tkc", recursive)
     if jobs:
         prepare_output_dir(output_dir)
     set_threads(threads)
-    rep = run_guarded(lambda: run_batch(
-        jobs, lambda s, d: atomic_write(d, encode_bytes(s.read_bytes(), str(s))), overwrite, quiet, "encode"))
+    rep = run_guarded(lambda: run_batch(jobs, functools.partial(encode_file, opts=opts), overwrite, quiet,
+                                        "encode", workers=n_workers(n_jobs, len(jobs)), threads=threads))
     finish_batch(rep, quiet, "encoded")
 
 
@@ -304,18 +365,12 @@ def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, no_correction, 
 @device_opt
 @maxpix_opt
 @threads_opt
-def decode(paths, seed, temperature, realism, fmt, force, output_dir, recursive, overwrite, quiet, weights, device,
-           max_pixels, threads):
+def decode(paths, seed, temperature, realism, fmt, force, output_dir, recursive, overwrite, quiet, n_jobs, weights,
+           device, max_pixels, threads):
     """Decode .tkc files to images: `tokc decode IN OUT` (- for stdin/stdout; the format
     follows OUT's extension), or `tokc decode FILES|FOLDERS... -o OUTDIR`."""
     single = batch_or_single(paths, output_dir)
-
-    def decode_bytes(data: bytes, target: str, name: str) -> bytes:
-        unpack_checked(data, name, max_pixels)  # reject damaged files before loading the model
-        from .codec import get_codec
-        img = get_codec(weights, device).decode(data, seed, temperature, max_pixels, realism)
-        return image_bytes(img, target)
-
+    opts = DecodeOptions(seed, temperature, realism, weights, device, max_pixels)
     if single:
         src, dst = single
         check_input(src)
@@ -324,7 +379,7 @@ def decode(paths, seed, temperature, realism, fmt, force, output_dir, recursive,
         data = run_guarded(lambda: read_input(src))
         run_guarded(lambda: unpack_checked(data, display_name(src), max_pixels))  # fails before torch loads
         set_threads(threads)
-        run_guarded(lambda: write_output(dst, decode_bytes(data, target, display_name(src))))
+        run_guarded(lambda: write_output(dst, decode_bytes(data, target, display_name(src), opts)))
         return
     from .batch import plan, run_batch
     ext = "." + (fmt or "png").lower().lstrip(".")
@@ -333,9 +388,8 @@ def decode(paths, seed, temperature, realism, fmt, force, output_dir, recursive,
     if jobs:
         prepare_output_dir(output_dir)
     set_threads(threads)
-    rep = run_guarded(lambda: run_batch(
-        jobs, lambda s, d: atomic_write(d, decode_bytes(s.read_bytes(), target, str(s))), overwrite, quiet,
-        "decode"))
+    rep = run_guarded(lambda: run_batch(jobs, functools.partial(decode_file, target=target, opts=opts), overwrite,
+                                        quiet, "decode", workers=n_workers(n_jobs, len(jobs)), threads=threads))
     finish_batch(rep, quiet, "decoded")
 
 
