@@ -65,9 +65,9 @@ def read_mask(c: Container) -> tuple[entropy.Decoder, np.ndarray]:
         tail = container.min_kept_tokens(hd) * floor
         blocks = mask.decode_blocks(dec, (hd.grid[0] // 2, hd.grid[1] // 2), tail)
     keep = mask.keep_mask(hd.mode, hd.grid, blocks)
-    if hd.minor >= 2 and container.mask_check(keep) != hd.mask_check:
+    if hd.minor >= 2 and (got := container.mask_check(keep)) != hd.mask_check:
         raise entropy.DecodeError(f"its keep mask does not match the header's mask check "
-                                  f"({container.mask_check(keep)} != {hd.mask_check}): the width, height "
+                                  f"({got} != {hd.mask_check}): the width, height "
                                   "or mode in the header do not belong to this payload")
     dec.require(int(keep.sum()) * floor, f"its {int(keep.sum())} kept tokens")
     return dec, keep
@@ -263,7 +263,7 @@ class Codec(RateControl):
             return s.codebook <= k0 and not (self._mask(a, s, grid)[1] & ~keep).any()
 
         # the new file's tone and colour correction is fitted to this file's decoded image
-        a["rgb"] = np.asarray(self.finish_pixels(img, c))
+        a["rgb"] = np.asarray(self.finish_pixels(img, read_correction(c)))
         return self.encode_analysed(a, nbytes, allowed=allowed)
 
     @staticmethod
@@ -371,13 +371,11 @@ class Codec(RateControl):
         full = (self.generate(tokens, keep, c.header.codebook, seed, temperature, c.header.coder_id)
                 if not keep.all() else tokens)
         img = self.render(full, c.header.codebook, (c.header.width, c.header.height), r, seed)
-        return self.finish_pixels(img, c, corr)
+        return self.finish_pixels(img, corr)
 
     @staticmethod
-    def finish_pixels(img: Image.Image, c: Container, corr=False) -> Image.Image:
-        """Apply the file's tone and colour correction (extension 2), if it has one (`corr`:
-        the one already read from `c`, or None)."""
-        corr = read_correction(c) if corr is False else corr
+    def finish_pixels(img: Image.Image, corr: "correction.Correction | None") -> Image.Image:
+        """Apply a file's tone and colour correction (extension 2, from read_correction), if any."""
         return img if corr is None else Image.fromarray(correction.apply(np.asarray(img), corr))
 
     @property
