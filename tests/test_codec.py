@@ -7,6 +7,7 @@ from tiny import photo
 from tokcodec import schedule
 from tokcodec.codec import Codec, CodecError, Setting, describe
 from tokcodec.container import unpack
+from tokcodec.ratecontrol import ESTIMATE_MARGIN, ESTIMATE_SLACK
 
 GOLDEN = "golden_edge_k64.tkc"
 
@@ -108,7 +109,7 @@ def test_size_estimate_is_within_the_rate_control_margin(codec):
     for s in [Setting(k, m, q) for k in codec.model.codebooks
               for m, q in (("entire", 0.0), ("checkerboard", 0.0), ("edge", 0.4), ("edge_more", 0.7))]:
         real = len(codec.encode_setting(a, s).data)
-        assert abs(codec.estimate_bytes(a, s) - real) <= 0.01 * real + 8, s
+        assert abs(codec.estimate_bytes(a, s) - real) <= ESTIMATE_MARGIN * real + ESTIMATE_SLACK, s
 
 
 @pytest.mark.parametrize("nbytes", [90, 140, 220, 400])

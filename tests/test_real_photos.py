@@ -31,3 +31,21 @@ def test_kodim23_at_0_03_bpp(shipped):
     b = shipped.decode(data, seed=7)
     assert a.tobytes() == b.tobytes()
     assert compare(img, a)["psnr"] >= 19.0
+
+
+@pytest.mark.parametrize("mode", ["edge", "edge_more"])
+def test_rd_blocks_leave_less_pixel_error_than_edge_blocks(shipped, mode):
+    """Issue 14: at the same number of kept tokens, blocks chosen by the pixel error they save
+    decode closer to the original than blocks chosen by edge strength (UIGC's rule)."""
+    import numpy as np
+    from PIL import Image
+    from tokcodec.codec import Setting
+    img = Image.open(KODAK / "kodim23.png").convert("RGB").crop((128, 64, 448, 320))
+    rd, edge = shipped.analyse(img, "rd"), shipped.analyse(img, "edge")
+    for q in (0.25, 0.5):
+        s = Setting(16, mode, q)
+        errors = []
+        for a in (rd, edge):
+            r = shipped.encode_setting(a, s)
+            errors.append(float(((shipped.reconstruct(r, a).astype(np.float64) - a["rgb"]) ** 2).mean()))
+        assert errors[0] < 0.95 * errors[1], (q, errors)

@@ -213,13 +213,14 @@ class EncodeOptions:
     weights: str | None
     device: str
     max_pixels: int
+    blocks: str = "rd"
 
 
 def encode_bytes(raw: bytes, name: str, o: EncodeOptions) -> bytes:
     from .codec import get_codec
     img = load_image(raw, o.max_pixels, name)
     r, msg = encode_to_target(get_codec(o.weights, o.device), img, name, o.bpp, o.nbytes, o.k, o.mode, o.quantile,
-                              o.given, o.strict, o.correct)
+                              o.given, o.strict, o.correct, o.blocks)
     if msg and not o.quiet:
         note(msg)
     if o.verbose:
@@ -260,7 +261,7 @@ def decode_file(src: Path, dst: Path, target: str, opts: DecodeOptions) -> None:
 
 def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | None, k: int | None,
                      mode: str | None, quantile: float | None, given: bool, strict: bool,
-                     correct: bool = True):
+                     correct: bool = True, blocks: str = "rd"):
     """codec.encode, plus what the target meant: (result, note or None). Without --bpp/--bytes,
     an image too small for the default target (1x1, 17x9) gets the smallest file and a note.
     With a target above what the richest setting needs, the file is smaller than the target:
@@ -268,7 +269,7 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
     from .codec import CodecError, TargetError
     w, h = img.size
     try:
-        r = codec.encode(img, bpp, nbytes, k, mode, quantile, correct)
+        r = codec.encode(img, bpp, nbytes, k, mode, quantile, correct, blocks)
     except TargetError as e:
         if given or strict:
             raise
@@ -303,6 +304,8 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
 @click.option("--mode", type=click.Choice(MODES), default=None, help="which tokens are kept")
 @click.option("--quantile", type=click.FloatRange(0, 1), default=None,
               help="share of 2x2-token blocks kept as edge blocks (edge modes)")
+@click.option("--blocks", type=click.Choice(["rd", "edge"]), default="rd", show_default=True,
+              help="how edge modes choose their blocks: pixel error saved (rd) or edge strength (edge)")
 @click.option("--no-correction", "no_correction", is_flag=True,
               help="leave out the tone and colour correction (faster encode)")
 @click.option("-f", "--force", is_flag=True, help="write a .tkc to a terminal anyway")
@@ -312,7 +315,7 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
 @device_opt
 @maxpix_opt
 @threads_opt
-def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, no_correction, force, verbose, output_dir,
+def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, no_correction, force, verbose, output_dir,
            recursive, overwrite, quiet, n_jobs, weights, device, max_pixels, threads):
     """Encode images to .tkc: `tokc encode IN OUT` (- for stdin/stdout), or
     `tokc encode FILES|FOLDERS... -o OUTDIR` for many files."""
@@ -327,7 +330,7 @@ def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, no_correction, 
         bpp = DEFAULT_BPP
     k = int(codebook) if codebook else None
     opts = EncodeOptions(bpp, nbytes, k, mode, quantile, given, strict, not no_correction, quiet, verbose,
-                         weights, device, max_pixels)
+                         weights, device, max_pixels, blocks)
     if single:
         src, dst = single
         check_input(src)

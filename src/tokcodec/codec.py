@@ -33,6 +33,7 @@ from .ratecontrol import (QUALITY, QUALITY_MODEL, QUANTILES, EncodeResult, RateC
 
 # Realism used when the caller gives none (see README, "Realism"): chosen on training photos.
 DEFAULT_REALISM = 0.6
+BLOCK_CHOICES = ("rd", "edge")  # how edge modes choose their kept blocks (Codec.block_scores)
 UNIT = 32  # pad to a multiple of two tokens so the 2x2 phase groups tile evenly
 
 
@@ -111,14 +112,17 @@ class Codec(RateControl):
 
     # ------------------------------------------------------------------ analysis
     @torch.no_grad()
-    def analyse(self, image: Image.Image) -> dict:
-        """Everything about an image that does not depend on the rate setting."""
+    def analyse(self, image: Image.Image, blocks: str = "rd") -> dict:
+        """Everything about an image that does not depend on the rate setting. `blocks`: how
+        the edge modes choose the blocks they keep ("rd" or "edge", see `block_scores`)."""
+        if blocks not in BLOCK_CHOICES:
+            raise ArgumentTypeError(f"blocks must be one of {', '.join(BLOCK_CHOICES)}, got {blocks!r}")
         rgb = np.asarray(image.convert("RGB"))
         padded = pad_image(rgb)
         x = torch.from_numpy(np.array(padded)).permute(2, 0, 1)[None].float().div(255).to(self.device)
         z = self.model.tokenizer.encode_latent(x)
         return {"size": image.size, "z": z, "strength": mask.edge_strength(padded), "tokens": {},
-                "counts": {}, "rgb": rgb}
+                "counts": {}, "rgb": rgb, "padded": padded, "blocks": blocks}
 
     def tokens_for(self, a: dict, k: int) -> np.ndarray:
         if k not in a["tokens"]:
@@ -193,9 +197,41 @@ class Codec(RateControl):
         return ctx, coded
 
     def _mask(self, a: dict, setting: Setting, grid) -> tuple[np.ndarray | None, np.ndarray]:
-        """Edge-block map (edge modes) and keep mask of a setting."""
-        blocks = mask.select_blocks(a["strength"], setting.quantile) if setting.mode in mask.USES_BLOCKS else None
+        """Block map (edge modes) and keep mask of a setting."""
+        blocks = (mask.select_blocks(self.block_scores(a, setting.codebook, setting.mode), setting.quantile)
+                  if setting.mode in mask.USES_BLOCKS else None)
         return blocks, mask.keep_mask(setting.mode, grid, blocks)
+
+    @torch.no_grad()
+    def block_scores(self, a: dict, k: int, mode: str) -> np.ndarray:
+        """Rank of the 32x32-pixel blocks an edge mode may keep beyond its base pattern (higher:
+        kept first). "edge" (UIGC): edge strength. "rd" (rate-distortion, the default): what
+        keeping the block saves in pixel error, measured on the decoder's own output: the
+        squared error the fidelity decoder leaves in the block when the block's tokens are
+        generated from the base pattern (temperature 0, as the decoder draws them), minus what
+        it leaves with the true tokens. Every block costs the same number of kept tokens, so
+        the saving ranks them. Cached per codebook and mode in the analysis."""
+        if a.get("blocks") != "rd" or "z" not in a:
+            return a["strength"]
+        scores = a.setdefault("block_scores", {})
+        if (k, mode) not in scores:
+            tokens = self.tokens_for(a, k)
+            h, w = tokens.shape
+            base = mask.keep_mask(mode, (h, w), np.zeros((h // 2, w // 2), dtype=bool))
+            drawn = self.generate(tokens, base, k, 0, 0.0)
+            if ("block_error", k) not in scores:
+                scores[("block_error", k)] = self._block_error(a, tokens, k)
+            scores[(k, mode)] = self._block_error(a, drawn, k) - scores[("block_error", k)]
+        return scores[(k, mode)]
+
+    def _block_error(self, a: dict, tokens: np.ndarray, k: int) -> np.ndarray:
+        """Squared error of the fidelity decoder's pixels (rounded to 8 bits) against the padded
+        original, summed over each 32x32 block -> (h/2, w/2)."""
+        x = self.model.tokenizer.decode(torch.from_numpy(tokens)[None].to(self.device), k, 0.0)[0]
+        x = torch.floor(x.permute(1, 2, 0).float().cpu() * 255 + 0.5).clamp(0, 255).double().numpy()
+        e = ((x - a["padded"]) ** 2).sum(-1)
+        h, w = tokens.shape
+        return e.reshape(h // 2, 32, w // 2, 32).sum(axis=(1, 3))
 
     def encode_setting(self, a: dict, setting: Setting) -> EncodeResult:
         k = setting.codebook
@@ -478,11 +514,13 @@ def get_codec(weights: str | os.PathLike | None = None, device: str = "auto") ->
 def encode(image, bpp: float | None = 0.03, *, nbytes: int | None = None, codebook: int | None = None,
            mode: str | None = None, quantile: float | None = None, weights: str | None = None,
            device: str = "auto", max_pixels: int = container.DEFAULT_MAX_PIXELS,
-           correction: bool = True) -> bytes:
+           correction: bool = True, blocks: str = "rd") -> bytes:
     """Encode a PIL image, an image path or image bytes to .tkc bytes at or under `bpp` bits
     per pixel (or `nbytes` bytes, which wins over `bpp`; both None: the richest setting the
     other options allow). Images over `max_pixels` pixels are refused. `correction=False`
-    leaves out the tone and colour correction (smaller gain, faster encode)."""
+    leaves out the tone and colour correction (smaller gain, faster encode). `blocks`: how the
+    edge mask modes choose their blocks, "rd" (pixel error saved, default) or "edge" (edge
+    strength, UIGC's rule)."""
     from .imageio import load_image
     max_pixels = errors.check_max_pixels(max_pixels)
     if isinstance(image, Image.Image):
@@ -495,7 +533,8 @@ def encode(image, bpp: float | None = 0.03, *, nbytes: int | None = None, codebo
         raise ArgumentTypeError(f"image must be a PIL image, a path or image bytes, got {type(image).__name__}")
     if not isinstance(correction, bool):
         raise ArgumentTypeError(f"correction must be True or False, got {correction!r}")
-    return get_codec(weights, device).encode(image, bpp, nbytes, codebook, mode, quantile, correction).data
+    return get_codec(weights, device).encode(image, bpp, nbytes, codebook, mode, quantile, correction,
+                                             blocks).data
 
 
 @public

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from PIL import Image
 import torch
 import torch.nn.functional as F
 
@@ -152,7 +153,8 @@ def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
 
 def colour_error(original, decoded, factor: int = 16) -> float:
     """Mean CIEDE2000 between the two images, both box-downscaled by `factor` (the colour of
-    regions, not of detail)."""
+    regions, not of detail). Takes PIL images or uint8 (H, W, 3) arrays."""
+    original, decoded = (Image.fromarray(x) if isinstance(x, np.ndarray) else x for x in (original, decoded))
     w, h = original.size
     size = (max(1, w // factor), max(1, h // factor))
     a = np.asarray(original.convert("RGB").resize(size, 4))  # 4 = Image.BOX

@@ -1,0 +1,42 @@
+"""Edge-mode block choice (Codec.block_scores): rate-distortion ("rd", default) or edge strength.
+That rd blocks leave less pixel error is checked with the shipped weights in test_real_photos.py."""
+
+import numpy as np
+import pytest
+
+from tiny import photo
+from tokcodec import mask
+from tokcodec.codec import ArgumentTypeError, pad_image
+
+
+def test_rd_scores_are_the_pixel_error_saved(codec):
+    """A block's score is the fidelity decoder's squared error over the block with the tokens
+    the decoder would draw there, minus the error with the true tokens."""
+    img = photo(128, 64, seed=2)
+    a = codec.analyse(img, "rd")
+    scores = codec.block_scores(a, 16, "edge")
+    assert scores.shape == (2, 4)
+    tokens = codec.tokens_for(a, 16)
+    base = mask.keep_mask("edge", tokens.shape, np.zeros((2, 4), dtype=bool))
+    drawn = codec.generate(tokens, base, 16, 0, 0.0)
+    padded = pad_image(a["rgb"]).astype(np.float64)
+
+    def block_err(t):
+        x = np.asarray(codec.render(t, 16, (128, 64))).astype(np.float64)
+        return ((x - padded) ** 2).sum(-1).reshape(2, 32, 4, 32).sum(axis=(1, 3))
+    assert np.allclose(scores, block_err(drawn) - block_err(tokens))
+
+
+def test_rd_and_edge_files_round_trip_at_the_target(codec):
+    img = photo(192, 128, seed=7)
+    for blocks in ("rd", "edge"):
+        r = codec.encode(img, nbytes=120, mode="edge", blocks=blocks)
+        assert len(r.data) <= 120
+        tokens, keep = codec.decode_tokens(codec.read(r.data))
+        a = codec.analyse(img, blocks)
+        assert np.array_equal(tokens[keep], codec.tokens_for(a, r.setting.codebook)[keep])
+
+
+def test_unknown_block_choice_is_refused(codec):
+    with pytest.raises(ArgumentTypeError, match="blocks must be one of rd, edge"):
+        codec.analyse(photo(), "best")
