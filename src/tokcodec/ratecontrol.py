@@ -24,7 +24,9 @@ from .errors import ArgumentTypeError, CodecError
 from .metrics import colour_error
 from .prior import COUNT_BITS
 
-QUANTILES = tuple(i / 20 for i in range(19))  # edge-block shares tried by rate control
+# edge-block shares tried by rate control: steps of 1% up to 10% (at the lowest rates a 5% step
+# of blocks is a tenth of the file), then of 5%
+QUANTILES = tuple(i / 100 for i in range(10)) + tuple(i / 20 for i in range(2, 19))
 # Rate control codes exactly only the settings whose estimated size lies within 0.2% + 8 bytes
 # of the budget. The float twin's estimate is the exact size or one 32-bit word (4 bytes)
 # above it (Kodak: 24 of 24 settings measured, K = 16-256, every mask mode).
@@ -41,6 +43,7 @@ CORRECTION_SLOPE = 3.5
 # of the corrected decode, both images box-downscaled 16x): colour drift over whole regions
 # (a red macaw turning orange) is what people see first at these rates
 COLOUR_WEIGHT = 0.1
+RECLAIM_SLACK = 8  # bytes left under the budget worth a second token search
 CORRECTION_MAX_SHARE = 1.0  # largest share of the budget a grid may take (1.0: only the half-of-tokens rule)
 
 
@@ -226,9 +229,30 @@ class RateControl:
                     corr = correction.fit(rgb, pixels, cfg[0], cfg[1], grey)
                 data = with_correction(res.data, corr)
                 if budget is None or len(data) <= budget:
+                    if budget is not None and cfg is not None:  # the refitted grid may cost less
+                        return self._reclaim(a, dataclasses.replace(res, data=data), budget,
+                                             tokens_budget + budget - len(data), cfg, grey,
+                                             codebook, mode, quantile, allowed)
                     return dataclasses.replace(res, data=data)
                 tokens_budget -= len(data) - budget
         return first
+
+    def _reclaim(self, a: dict, done: EncodeResult, budget: int, tokens_budget: int, cfg, grey: bool,
+                 codebook, mode, quantile, allowed) -> EncodeResult:
+        """The grid refitted to the final tokens can cost fewer bytes than predicted: give the
+        bytes left over back to the tokens once, keeping the result only if the whole file
+        still fits."""
+        if budget - len(done.data) <= RECLAIM_SLACK:
+            return done
+        try:
+            res = self.encode_tokens(a, tokens_budget, codebook, mode, quantile, allowed)
+        except TargetError:
+            return done
+        if res.setting == done.setting:
+            return done
+        corr = correction.fit(a["rgb"], self.reconstruct(res, a), cfg[0], cfg[1], grey)
+        data = with_correction(res.data, corr)
+        return dataclasses.replace(res, data=data) if len(data) <= budget else done
 
     def reconstruct(self, r: EncodeResult, a: dict) -> np.ndarray:
         """What a decoder draws from an encode (temperature 0, fidelity decoder, no correction).
