@@ -17,17 +17,31 @@ from PIL import Image
 from tokcodec.codec import get_codec
 from tokcodec.metrics import colour_error, compare
 
+def bd_rate(rates_a, q_a, rates_b, q_b) -> float:
+    """Average change in rate of curve b against curve a at equal quality, in % (negative: b
+    needs fewer bytes), over the quality range both cover: log-rate interpolated linearly in
+    quality (few points, so no cubic fit)."""
+    lo, hi = max(min(q_a), min(q_b)), min(max(q_a), max(q_b))
+    if hi <= lo:
+        return float("nan")
+    qs = np.linspace(lo, hi, 101)
+    la = np.interp(qs, *zip(*sorted(zip(q_a, np.log(rates_a)))))
+    lb = np.interp(qs, *zip(*sorted(zip(q_b, np.log(rates_b)))))
+    return float((np.exp(np.mean(lb - la)) - 1) * 100)
+
+
 p = argparse.ArgumentParser()
 p.add_argument("data")
 p.add_argument("targets")
 p.add_argument("--limit", type=int, default=None)
 p.add_argument("--out", default=None)
+p.add_argument("--from-json", default=None, help="only report the summary of an earlier --out file")
 args = p.parse_args()
 torch.set_num_threads(1)
-c = get_codec()
-paths = sorted(Path(args.data).glob("*.png"))[:args.limit]
 targets = [float(t) for t in args.targets.split(",")]
-rows = {}
+rows = json.loads(Path(args.from_json).read_text())["per_image"] if args.from_json else {}
+c = None if args.from_json else get_codec()
+paths = [] if args.from_json else sorted(Path(args.data).glob("*.png"))[:args.limit]
 for path in paths:
     im = Image.open(path).convert("RGB")
     w, h = im.size
@@ -60,5 +74,9 @@ for k, v in summary.items():
     bpp, blocks = k.split("@")
     print(f"| {bpp} | {blocks} | {v['bpp']:.4f} | {v['psnr']:.2f} | {v['ms_ssim']:.4f} | {v['colour_de']:.2f} | "
           f"{v['edge_modes']}/{v['n']} | {v['encode_seconds']:.1f} |")
+curves = {b: [summary[f"{t}@{b}"] for t in targets] for b in ("edge", "rd")}
+for q in ("psnr", "ms_ssim"):
+    print(f"BD-rate of rd against edge at equal {q}: "
+          f"{bd_rate([v['bpp'] for v in curves['edge']], [v[q] for v in curves['edge']], [v['bpp'] for v in curves['rd']], [v[q] for v in curves['rd']]):+.1f}%")
 if args.out:
     Path(args.out).write_text(json.dumps({"summary": summary, "per_image": rows}, indent=1))

@@ -5,7 +5,9 @@ The token search visits groups of settings in order of expected quality (a table
 PSNR measured on training photos) and binary-searches the largest edge-block share that fits,
 deciding clearly-over and clearly-under settings from the float twin's size estimate and coding
 exactly only those near the budget. The correction is then traded against token bytes
-(`RateControl.encode_analysed`). `Codec` (codec.py) inherits these methods.
+(`RateControl.encode_analysed`), scored by PSNR and colour error. Which blocks an edge mode
+keeps is `Codec.block_scores` (rate-distortion by default). `Codec` (codec.py) inherits these
+methods.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from .errors import ArgumentTypeError, CodecError
 from .metrics import colour_error
 from .prior import COUNT_BITS
 
-# edge-block shares tried by rate control: steps of 1% up to 10% (at the lowest rates a 5% step
-# of blocks is a tenth of the file), then of 5%
-QUANTILES = tuple(i / 100 for i in range(10)) + tuple(i / 20 for i in range(2, 19))
+# edge-block shares tried by rate control. Steps of 1% below 10% were tried (session 6): at
+# 0.005 bpp they let the first token file fill the budget, and the correction grid, predicted
+# from that file, then lost its bytes: kodim02 21.13 -> 20.99 dB (rd blocks), 21.13 -> 20.07
+# (edge blocks). Until the grid/token trade-off is measured rather than predicted, 5% steps.
+QUANTILES = tuple(i / 20 for i in range(19))
 # Rate control codes exactly only the settings whose estimated size lies within 0.2% + 8 bytes
 # of the budget. The float twin's estimate is the exact size or one 32-bit word (4 bytes)
 # above it (Kodak: 24 of 24 settings measured, K = 16-256, every mask mode).
@@ -168,11 +172,12 @@ class RateControl:
                         allowed=None, correct: bool = True) -> EncodeResult:
         """Rate control over tokens and tone/colour correction (correction.py): code the tokens
         at the whole budget, decode them, and predict for each correction grid what it gains
-        (its squared error on that decode) and what its bytes cost the tokens
-        (CORRECTION_SLOPE dB per e-fold of token bytes); then code the tokens again with the
-        best grid's bytes taken off the budget and fit the grid to that decode. The result is
-        at or under the budget: if the refitted grid overflows, the token budget shrinks by the
-        overflow (up to three times), else the file goes without a grid."""
+        (PSNR of that decode corrected, less COLOUR_WEIGHT x its colour error) and what its
+        bytes cost the tokens (CORRECTION_SLOPE dB per e-fold of token bytes); then code the
+        tokens again with the best grid's bytes taken off the budget and fit the grid to that
+        decode. The result is at or under the budget: if the refitted grid overflows, the token
+        budget shrinks by the overflow (up to three times), else the file goes without a grid;
+        if it costs less than predicted, the bytes go back to the tokens once (`_reclaim`)."""
         if not correct or "rgb" not in a:
             return self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
         rgb = a["rgb"]
