@@ -40,3 +40,15 @@ def test_rd_and_edge_files_round_trip_at_the_target(codec):
 def test_unknown_block_choice_is_refused(codec):
     with pytest.raises(ArgumentTypeError, match="blocks must be one of rd, edge"):
         codec.analyse(photo(), "best")
+
+
+def test_large_grids_fall_back_to_edge_strength(codec, monkeypatch):
+    """RD scoring costs a generation and a pixel decode per codebook and mode; above
+    RD_MAX_TOKENS the edge strength ranks the blocks."""
+    import tokcodec.codec as codec_module
+    img = photo(128, 64, seed=2)
+    a = codec.analyse(img, "rd")
+    assert not np.array_equal(codec.block_scores(a, 16, "edge"), a["strength"])
+    monkeypatch.setattr(codec_module, "RD_MAX_TOKENS", 31)  # this image has 32 tokens
+    a = codec.analyse(img, "rd")
+    assert np.array_equal(codec.block_scores(a, 16, "edge"), a["strength"])

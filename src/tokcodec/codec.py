@@ -34,6 +34,7 @@ from .ratecontrol import (QUALITY, QUALITY_MODEL, QUANTILES, EncodeResult, RateC
 # Realism used when the caller gives none (see README, "Realism"): chosen on training photos.
 DEFAULT_REALISM = 0.6
 BLOCK_CHOICES = ("rd", "edge")  # how edge modes choose their kept blocks (Codec.block_scores)
+RD_MAX_TOKENS = 16384  # larger token grids choose blocks by edge strength (Codec.block_scores)
 UNIT = 32  # pad to a multiple of two tokens so the 2x2 phase groups tile evenly
 
 
@@ -210,8 +211,10 @@ class Codec(RateControl):
         squared error the fidelity decoder leaves in the block when the block's tokens are
         generated from the base pattern (temperature 0, as the decoder draws them), minus what
         it leaves with the true tokens. Every block costs the same number of kept tokens, so
-        the saving ranks them. Cached per codebook and mode in the analysis."""
-        if a.get("blocks") != "rd" or "z" not in a:
+        the saving ranks them. Cached per codebook and mode in the analysis. It costs a
+        generation and a pixel decode per codebook and mode that rate control visits, so grids
+        over RD_MAX_TOKENS tokens (about 4 MP) use edge strength: a 12-MP photo took minutes."""
+        if a.get("blocks") != "rd" or "z" not in a or a["strength"].size * 4 > RD_MAX_TOKENS:
             return a["strength"]
         scores = a.setdefault("block_scores", {})
         if (k, mode) not in scores:
