@@ -9,7 +9,7 @@ im = Image.open(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/kodak/kodi
 c.encode(im, 0.03)  # warm up
 KEYS = {"analyse": "analyse", "prior passes (exact)": "counts", "float-twin size estimates": "estimate_bytes",
         "token encodes (exact)": "encode_setting", "correction: reconstruct (generate+render)": "reconstruct",
-        "correction: fit/pack/score": "squared_error", "generate (dropped tokens)": "generate", "render (pixel decoder)": "render",
+        "correction: score grids": "quality", "generate (dropped tokens)": "generate", "render (pixel decoder)": "render",
         "range decode": "decode_tokens", "correction apply": "finish_pixels"}
 def run(label, fn):
     pr = cProfile.Profile(); t0 = time.perf_counter(); pr.enable(); fn(); pr.disable(); total = time.perf_counter() - t0

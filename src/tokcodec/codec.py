@@ -81,6 +81,11 @@ def pad_image(rgb: np.ndarray) -> np.ndarray:
     return np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else rgb
 
 
+def to_pixels(x: torch.Tensor) -> np.ndarray:
+    """Pixel decoder output (3, H, W) in [0, 1] -> uint8 (H, W, 3), rounded to nearest."""
+    return (x.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
 def token_crc(tokens: list[np.ndarray]) -> int:
     flat = np.concatenate(tokens) if tokens else np.zeros(0, np.int64)
     return zlib.crc32(flat.astype("<u2").tobytes())
@@ -213,8 +218,9 @@ class Codec(RateControl):
         it leaves with the true tokens. Every block costs the same number of kept tokens, so
         the saving ranks them. Cached per codebook and mode in the analysis. It costs a
         generation and a pixel decode per codebook and mode that rate control visits, so grids
-        over RD_MAX_TOKENS tokens (about 4 MP) use edge strength: a 12-MP photo took minutes."""
-        if a.get("blocks") != "rd" or "z" not in a or a["strength"].size * 4 > RD_MAX_TOKENS:
+        over RD_MAX_TOKENS tokens (about 4 MP) use edge strength: a 12-MP photo took minutes.
+        Trim's analysis (built from a file, without "blocks") ranks by edge strength too."""
+        if a.get("blocks") != "rd" or a["strength"].size * 4 > RD_MAX_TOKENS:
             return a["strength"]
         scores = a.setdefault("block_scores", {})
         if (k, mode) not in scores:
@@ -231,8 +237,7 @@ class Codec(RateControl):
         """Squared error of the fidelity decoder's pixels (rounded to 8 bits) against the padded
         original, summed over each 32x32 block -> (h/2, w/2)."""
         x = self.model.tokenizer.decode(torch.from_numpy(tokens)[None].to(self.device), k, 0.0)[0]
-        x = torch.floor(x.permute(1, 2, 0).float().cpu() * 255 + 0.5).clamp(0, 255).double().numpy()
-        e = ((x - a["padded"]) ** 2).sum(-1)
+        e = ((to_pixels(x).astype(np.float64) - a["padded"]) ** 2).sum(-1)
         h, w = tokens.shape
         return e.reshape(h // 2, 32, w // 2, 32).sum(axis=(1, 3))
 
@@ -391,10 +396,8 @@ class Codec(RateControl):
         if realism > 0 and tok.decoder.conditioned:
             rd, sigma = detail.knob(realism)
             x = detail.band_split(x, tok.decode(t, k, rd, torch.Generator().manual_seed(seed)), sigma)
-        x = x[0]
-        arr = (x.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
         w, h = size
-        return Image.fromarray(arr[:h, :w])
+        return Image.fromarray(to_pixels(x[0])[:h, :w])
 
     def decode(self, data: bytes, seed: int = 0, temperature: float = 0.0,
                max_pixels: int = container.DEFAULT_MAX_PIXELS, realism: float | None = None) -> Image.Image:

@@ -219,12 +219,6 @@ def apply(decoded: np.ndarray, c: Correction) -> np.ndarray:
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
-def squared_error(original: np.ndarray, decoded: np.ndarray, c: Correction) -> float:
-    """Sum of squared differences between the original and the corrected decode."""
-    d = apply(decoded, c).astype(np.float64) - original
-    return float((d * d).sum())
-
-
 def is_grey(rgb: np.ndarray) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
