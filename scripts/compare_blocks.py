@@ -4,9 +4,8 @@
     .venv/bin/python scripts/compare_blocks.py ../shared/data/kodak 0.005,0.01,0.02 [--out docs/blocks.json]
 
 Per image and target, both files are decoded at temperature 0, realism 0: bytes, PSNR, MS-SSIM,
-colour error (mean CIEDE2000 at 1/16 scale), the setting chosen, and the share of kept tokens
-the two files differ in. Prints means per target and BD-style savings in bytes at equal PSNR
-along the target curve."""
+colour error (mean CIEDE2000 at 1/16 scale), the setting chosen and the encode time. Prints means
+per target and the BD-rate of rd against edge at equal PSNR and at equal MS-SSIM."""
 import argparse, json, sys, time
 from pathlib import Path
 
