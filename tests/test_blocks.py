@@ -7,6 +7,7 @@ import pytest
 from tiny import photo
 from tokcodec import mask
 from tokcodec.codec import ArgumentTypeError, pad_image
+from tokcodec.ratecontrol import Setting
 
 
 def test_rd_scores_are_the_pixel_error_saved(codec):
@@ -52,3 +53,15 @@ def test_large_grids_fall_back_to_edge_strength(codec, monkeypatch):
     monkeypatch.setattr(codec_module, "RD_MAX_TOKENS", 31)  # this image has 32 tokens
     a = codec.analyse(img, "rd")
     assert np.array_equal(codec.block_scores(a, 16, "edge"), a["strength"])
+
+
+def test_groups_whose_smallest_setting_overflows_are_skipped_without_ranking_blocks(codec):
+    # the smallest setting of an edge group (share 0) keeps no block, so it needs no ranking;
+    # when it does not fit, no larger share fits either and the group costs one estimate
+    img = photo(256, 192, seed=5)
+    a = codec.analyse(img)
+    k = max(codec.model.codebooks)
+    budget = int(codec.estimate_bytes(a, Setting(k, "edge", 0.0))) - 8
+    r = codec.encode_tokens(a, budget)
+    assert len(r.data) <= budget
+    assert (k, "edge") not in a.get("block_scores", {})

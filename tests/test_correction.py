@@ -186,3 +186,41 @@ def test_cli_no_correction_writes_no_extension_and_info_reports_the_correction(c
         assert [t for t, _ in exts] == ([correction.TAG] if has else [])
         info = CliRunner().invoke(main, ["info", str(out), "--json"])
         assert ("colour" in info.output) == has, info.output
+
+
+@pytest.mark.parametrize("corr", [correction.Correction(0, True), correction.Correction(0, False),
+                                  correction.Correction(3, False, (12, 6), np.arange(-30, 30).reshape(3, 4, 5)),
+                                  correction.Correction(1, True, (9, 9), np.ones((1, 40, 50), dtype=np.int64))])
+def test_extension_bytes_is_what_the_correction_adds_to_a_file(codec, corr):
+    # rate control prices every grid with extension_bytes, before the token file exists
+    r = codec.encode(photo(160, 96, seed=8), nbytes=300, correct=False)
+    assert correction.extension_bytes(corr) == len(with_correction(r.data, corr)) - len(r.data)
+
+
+def test_fit_from_a_known_difference_equals_fit(codec):
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) - [50, 0, 20] + rng.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
+    diff = correction.difference(a, b)
+    for cell, steps, grey in ((1, (12, 6), False), (3, (24, 4), True)):
+        x, y = correction.fit(a, b, cell, steps, grey), correction.fit(a, b, cell, steps, grey, diff)
+        assert np.array_equal(x.values, y.values) and x.values.any()
+
+
+def test_the_kept_file_is_the_best_measured_of_the_correction_trials(codec, monkeypatch):
+    """Rate control makes up to CORRECTION_TRIALS files (the best grids by prediction) and
+    keeps the one whose own decode scores best; with one trial it keeps the predicted best."""
+    from tokcodec import ratecontrol
+    from tokcodec.metrics import colour_error
+    img = _cast(photo(320, 224, seed=11))
+    rgb = np.asarray(img).astype(np.float64)
+
+    def score(data):
+        out = np.asarray(codec.decode(data, realism=0.0))
+        return 10 * np.log10(255 ** 2 / ((out - rgb) ** 2).mean()) - ratecontrol.COLOUR_WEIGHT * colour_error(img, out)
+    got = {}
+    for trials in (1, 3):
+        monkeypatch.setattr(ratecontrol, "CORRECTION_TRIALS", trials)
+        got[trials] = codec.encode(img, nbytes=400).data
+        assert len(got[trials]) <= 400
+    assert score(got[3]) >= score(got[1]) - 1e-9

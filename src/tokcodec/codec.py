@@ -204,8 +204,12 @@ class Codec(RateControl):
 
     def _mask(self, a: dict, setting: Setting, grid) -> tuple[np.ndarray | None, np.ndarray]:
         """Block map (edge modes) and keep mask of a setting."""
-        blocks = (mask.select_blocks(self.block_scores(a, setting.codebook, setting.mode), setting.quantile)
-                  if setting.mode in mask.USES_BLOCKS else None)
+        if setting.mode not in mask.USES_BLOCKS:
+            blocks = None
+        elif round(setting.quantile * a["strength"].size) == 0:  # no block kept: no ranking needed
+            blocks = np.zeros(a["strength"].shape, dtype=bool)
+        else:
+            blocks = mask.select_blocks(self.block_scores(a, setting.codebook, setting.mode), setting.quantile)
         return blocks, mask.keep_mask(setting.mode, grid, blocks)
 
     @torch.no_grad()

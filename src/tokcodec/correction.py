@@ -172,10 +172,16 @@ def cell_means(diff: np.ndarray, cell: int) -> np.ndarray:
     return (sums / n[..., None]).transpose(2, 0, 1)
 
 
+def difference(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    """original - decoded in YCbCr, (H, W, 3) float64 (uint8 (H, W, 3) images)."""
+    return (original.astype(np.float64) - decoded.astype(np.float64)) @ RGB_TO_YCC.T
+
+
 def fit(original: np.ndarray, decoded: np.ndarray, cell: int, steps: tuple[int, int],
-        grey: bool = False) -> Correction:
-    """Quantised cell means of original - decoded in YCbCr (uint8 (H, W, 3) images)."""
-    diff = (original.astype(np.float64) - decoded.astype(np.float64)) @ RGB_TO_YCC.T
+        grey: bool = False, diff: np.ndarray | None = None) -> Correction:
+    """Quantised cell means of original - decoded in YCbCr (uint8 (H, W, 3) images); `diff`:
+    their `difference`, when already known."""
+    diff = difference(original, decoded) if diff is None else diff
     means = cell_means(diff, cell)[:1 if grey else 3]
     step = np.array([steps[0], steps[1], steps[1]], dtype=np.float64)[:len(means), None, None]
     q = np.clip(np.round(means / step), -VALUE_MAX, VALUE_MAX).astype(np.int64)
@@ -232,6 +238,14 @@ def read_correction(c: Container) -> "Correction | None":
         raise FormatError(f"file has {len(bodies)} tone and colour corrections (extension "
                           f"{TAG}); at most one is allowed")
     return unpack(bodies[0], c.header.width, c.header.height) if bodies else None
+
+
+def extension_bytes(corr: "Correction") -> int:
+    """Bytes the correction adds to a file that has none: tag, length and body."""
+    body, head = pack(corr), bytearray()
+    container.put_varint(head, TAG)
+    container.put_varint(head, len(body))
+    return len(head) + len(body)
 
 
 def with_correction(data: bytes, corr: "Correction") -> bytes:

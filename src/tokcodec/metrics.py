@@ -154,12 +154,20 @@ def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
 def colour_error(original, decoded, factor: int = 16) -> float:
     """Mean CIEDE2000 between the two images, both box-downscaled by `factor` (the colour of
     regions, not of detail). Takes PIL images or uint8 (H, W, 3) arrays."""
-    original, decoded = (Image.fromarray(x) if isinstance(x, np.ndarray) else x for x in (original, decoded))
-    w, h = original.size
-    size = (max(1, w // factor), max(1, h // factor))
-    a = np.asarray(original.convert("RGB").resize(size, 4))  # 4 = Image.BOX
-    b = np.asarray(decoded.convert("RGB").resize(size, 4))
-    return float(ciede2000(srgb_to_lab(a), srgb_to_lab(b)).mean())
+    return colour_error_lab(region_lab(original, factor), decoded, factor)
+
+
+def region_lab(img, factor: int = 16) -> np.ndarray:
+    """CIELAB of the image box-downscaled by `factor` (PIL image or uint8 (H, W, 3) array)."""
+    img = Image.fromarray(img) if isinstance(img, np.ndarray) else img
+    w, h = img.size
+    return srgb_to_lab(np.asarray(img.convert("RGB").resize((max(1, w // factor), max(1, h // factor)), 4)))
+
+
+def colour_error_lab(original_lab: np.ndarray, decoded, factor: int = 16) -> float:
+    """`colour_error` against an original already through `region_lab` (one original, many
+    decodes)."""
+    return float(ciede2000(original_lab, region_lab(decoded, factor)).mean())
 
 
 def grey_error(decoded) -> int:

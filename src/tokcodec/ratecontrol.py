@@ -23,7 +23,7 @@ from . import container, correction, entropy, errors, mask, schedule
 from .container import Container, Header
 from .correction import with_correction
 from .errors import ArgumentTypeError, CodecError
-from .metrics import colour_error
+from .metrics import colour_error_lab, region_lab
 from .prior import COUNT_BITS
 
 # edge-block shares tried by rate control. Steps of 1% below 10% were tried (session 6): at
@@ -47,6 +47,12 @@ CORRECTION_SLOPE = 3.5
 # of the corrected decode, both images box-downscaled 16x): colour drift over whole regions
 # (a red macaw turning orange) is what people see first at these rates
 COLOUR_WEIGHT = 0.1
+# The correction trade is predicted (CORRECTION_SLOPE); the best CORRECTION_TRIALS distinct
+# files by prediction are made and the one of highest measured quality (PSNR less
+# COLOUR_WEIGHT x colour error, of the file's own decode) kept. Grids over TRIAL_MAX_TOKENS
+# tokens (about 4 MP) keep the first: each trial costs an exact encode and a decode.
+CORRECTION_TRIALS = 3
+TRIAL_MAX_TOKENS = 16384
 RECLAIM_SLACK = 8  # bytes left under the budget worth a second token search
 CORRECTION_MAX_SHARE = 1.0  # largest share of the budget a grid may take (1.0: only the half-of-tokens rule)
 
@@ -117,6 +123,14 @@ class EncodeResult:
     info_bits: float
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A token setting chosen by rate control, not yet coded: `size` is its exact size in bytes
+    if known, else the estimate (which lies at or above it); None without a budget."""
+    setting: Setting
+    size: int | None
+
+
 class RateControl:
     """Rate control methods of `codec.Codec` (which provides analyse, tokens_for, encode_setting,
     _mask, _code_stages, generate, render, model and device)."""
@@ -170,20 +184,22 @@ class RateControl:
     def encode_analysed(self, a: dict, budget: int | None, codebook: int | None = None,
                         mode: str | None = None, quantile: float | None = None,
                         allowed=None, correct: bool = True) -> EncodeResult:
-        """Rate control over tokens and tone/colour correction (correction.py): code the tokens
-        at the whole budget, decode them, and predict for each correction grid what it gains
-        (PSNR of that decode corrected, less COLOUR_WEIGHT x its colour error) and what its
-        bytes cost the tokens (CORRECTION_SLOPE dB per e-fold of token bytes); then code the
-        tokens again with the best grid's bytes taken off the budget and fit the grid to that
-        decode. The result is at or under the budget: if the refitted grid overflows, the token
-        budget shrinks by the overflow (up to three times), else the file goes without a grid;
-        if it costs less than predicted, the bytes go back to the tokens once (`_reclaim`)."""
+        """Rate control over tokens and tone/colour correction (correction.py). Plan the tokens
+        at the whole budget (setting and size, `encode_tokens(plan=True)`: no exact coding yet),
+        decode them, and predict for each correction grid what it gains (PSNR of that decode
+        corrected, less COLOUR_WEIGHT x its colour error) and what its bytes cost the tokens
+        (CORRECTION_SLOPE dB per e-fold of token bytes). Then make the files of the best
+        options by prediction: tokens coded at the budget less the grid's bytes, the grid
+        refitted to their decode; if the refitted grid overflows, the token budget shrinks by
+        the overflow (up to three times); if it costs less than predicted, the bytes go back to
+        the tokens once (`_reclaim`). Of the first CORRECTION_TRIALS distinct files, keep the
+        one whose own decode measures best. Every file returned is at or under the budget."""
         if not correct or "rgb" not in a:
             return self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
         rgb = a["rgb"]
         grey = correction.is_grey(rgb)
-        try:
-            first = self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
+        try:  # the first token file is only planned: its setting and (estimated) size
+            first = self.encode_tokens(a, budget, codebook, mode, quantile, allowed, plan=True)
         except TargetError as e:  # the smallest file offered instead still keeps a grey image grey
             if grey:
                 e.smallest = dataclasses.replace(e.smallest, data=with_correction(
@@ -193,21 +209,26 @@ class RateControl:
 
         def quality(corr: correction.Correction) -> float:
             """PSNR of the first file's decode, corrected, less COLOUR_WEIGHT x its colour error."""
-            out = correction.apply(d0, corr)
-            d = out.astype(np.float64) - rgb
-            psnr = 10 * np.log10(255.0 ** 2 * rgb.size / max(float((d * d).sum()), 1e-9))
-            return psnr - COLOUR_WEIGHT * colour_error(rgb, out) if COLOUR_WEIGHT else psnr
+            return quality_of(correction.apply(d0, corr))
 
-        token_bytes = len(first.data)
+        lab = region_lab(rgb)
+
+        def quality_of(out: np.ndarray) -> float:
+            d = out.astype(np.int32) - rgb
+            psnr = 10 * np.log10(255.0 ** 2 * rgb.size / max(float(np.square(d).sum(dtype=np.int64)), 1e-9))
+            return psnr - COLOUR_WEIGHT * colour_error_lab(lab, out) if COLOUR_WEIGHT else psnr
+
+        token_bytes = first.size if budget is not None else len(self.exact(a, first.setting).data)
         no_grid = correction.Correction(0, grey)
-        options = [(quality(no_grid), len(with_correction(first.data, no_grid)) - token_bytes if grey else 0, None)]
+        options = [(quality(no_grid), correction.extension_bytes(no_grid) if grey else 0, None)]
+        diff = correction.difference(rgb, d0)
         for cell in CORRECTION_CELLS:
             gh, gw = correction.grid_shape(*a["size"], cell)
             if gh * gw < 2:
                 continue
             for steps in CORRECTION_STEPS:
-                corr = correction.fit(rgb, d0, cell, steps, grey)
-                cost = len(with_correction(first.data, corr)) - token_bytes
+                corr = correction.fit(rgb, d0, cell, steps, grey, diff)
+                cost = correction.extension_bytes(corr)
                 if budget is not None and cost > min(token_bytes // 2 - 1, CORRECTION_MAX_SHARE * budget):
                     continue
                 options.append((quality(corr), cost, (cell, steps)))
@@ -217,21 +238,25 @@ class RateControl:
         def score(o):
             return o[0] - slope * np.log(room / max(room - o[1], 1)) if o[1] > room - token_bytes else o[0]
         ranked = sorted(options, key=score, reverse=True)
-        for _, cost, cfg in ranked:
+
+        def realise(cost, cfg) -> EncodeResult | None:
+            """The file of one option: tokens at the budget less the grid's predicted bytes, the
+            grid refitted to their decode (None: no such file fits)."""
             tokens_budget = None if budget is None else budget - cost
             for _ in range(3):
                 try:  # the first file is reused when the grid fits in the bytes it left unused
-                    res = (first if tokens_budget is None or len(first.data) <= tokens_budget else
-                           self.encode_tokens(a, tokens_budget, codebook, mode, quantile, allowed))
+                    res = (self.exact(a, first.setting) if tokens_budget is None or first.size <= tokens_budget
+                           else None)
+                    if res is None or (tokens_budget is not None and len(res.data) > tokens_budget):
+                        res = self.encode_tokens(a, tokens_budget, codebook, mode, quantile, allowed)
                 except TargetError:
-                    break
+                    return None
                 if cfg is None and not grey:  # no grid, and nothing to mark
                     return res
                 if cfg is None:
                     corr = correction.Correction(0, grey)
                 else:
-                    pixels = d0 if res.data == first.data else self.reconstruct(res, a)
-                    corr = correction.fit(rgb, pixels, cfg[0], cfg[1], grey)
+                    corr = correction.fit(rgb, self.reconstruct(res, a), cfg[0], cfg[1], grey)
                 data = with_correction(res.data, corr)
                 if budget is None or len(data) <= budget:
                     if budget is not None and cfg is not None:  # the refitted grid may cost less
@@ -240,7 +265,25 @@ class RateControl:
                                              codebook, mode, quantile, allowed)
                     return dataclasses.replace(res, data=data)
                 tokens_budget -= len(data) - budget
-        return first
+            return None
+
+        def measured(r: EncodeResult) -> float:
+            corr = correction.read_correction(container.unpack(r.data, max_pixels=1 << 62))
+            out = self.reconstruct(r, a)
+            return quality_of(out if corr is None else correction.apply(out, corr))
+
+        small = a["strength"].size * 4 <= TRIAL_MAX_TOKENS
+        trials = CORRECTION_TRIALS if budget is not None and small else 1
+        done: list[EncodeResult] = []
+        for _, cost, cfg in ranked:
+            r = realise(cost, cfg)
+            if r is not None and all(r.data != d.data for d in done):
+                done.append(r)
+                if len(done) >= trials:
+                    break
+        if not done:  # no grid fits: the tokens alone
+            return self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
+        return done[0] if len(done) == 1 else max(done, key=measured)
 
     def _reclaim(self, a: dict, done: EncodeResult, budget: int, tokens_budget: int, cfg, grey: bool,
                  codebook, mode, quantile, allowed) -> EncodeResult:
@@ -264,11 +307,11 @@ class RateControl:
         The last few are kept in the analysis: the correction search asks again for files it
         has seen."""
         seen = a.setdefault("reconstructed", {})
-        if r.data not in seen:
+        if r.setting not in seen:
             if len(seen) >= 4:
                 del seen[next(iter(seen))]
-            seen[r.data] = self._reconstruct(r, a)
-        return seen[r.data]
+            seen[r.setting] = self._reconstruct(r, a)
+        return seen[r.setting]
 
     def _reconstruct(self, r: EncodeResult, a: dict) -> np.ndarray:
         s = r.setting
@@ -279,7 +322,7 @@ class RateControl:
 
     def encode_tokens(self, a: dict, budget: int | None, codebook: int | None = None,
                       mode: str | None = None, quantile: float | None = None,
-                      allowed=None) -> EncodeResult:
+                      allowed=None, plan: bool = False) -> "EncodeResult | Planned":
         """Rate control of the tokens on an analysis from `analyse` (reusable across targets and modes:
         count tables computed for one target are cached in it for the next).
 
@@ -290,23 +333,22 @@ class RateControl:
         are coded exactly. The margin is far larger than the estimate's error, so the decisions
         are those of exact sizes, and the returned file is always an exact encode that fits.
         `allowed(setting)`, if given, removes settings (trim: those that keep a token the file
-        lacks); within a group it must hold for a prefix."""
+        lacks); within a group it must hold for a prefix. `plan`: return the winning setting
+        and its size (`Planned`) without coding it exactly when the estimate decided it."""
         w, h = a["size"]
         groups = self.groups(codebook, mode, quantile)
         if allowed is not None:
             groups = [g for g in ([s for s in g if allowed(s)] for g in groups) if g]
         groups = sorted(groups, key=lambda g: -self.expected_quality(g[-1]))
         if budget is None:
-            return self.encode_setting(a, groups[0][-1])
+            return Planned(groups[0][-1], None) if plan else self.encode_setting(a, groups[0][-1])
         # exact encodes and estimates depend only on the analysis and the setting: every search
         # on this analysis (each target, each correction grid's token budget) shares them
         tried: dict[Setting, EncodeResult] = a.setdefault("exact", {})
         estimates: dict[Setting, float] = a.setdefault("estimated", {})
 
         def exact(s: Setting) -> EncodeResult:
-            if s not in tried:
-                tried[s] = self.encode_setting(a, s)
-            return tried[s]
+            return self.exact(a, s)
 
         def estimate(s: Setting) -> float:
             if s not in estimates:
@@ -326,21 +368,30 @@ class RateControl:
             best = self.search(groups, fits)
             if best is None:
                 break
+            if plan and best not in tried:  # decided by its estimate, which lies above its size
+                return Planned(best, int(estimate(best)))
             r = exact(best)
             if len(r.data) <= budget:
-                return r
+                return Planned(best, len(r.data)) if plan else r
             # an estimate was off by more than the margin; `fits` now knows this setting's
             # exact size, so the next search does not pick it again
         else:  # estimates keep misleading: search on exact sizes only
             best = self.search(groups, lambda s: len(exact(s).data) <= budget)
             if best is not None:
-                return exact(best)
+                return Planned(best, len(exact(best).data)) if plan else exact(best)
         # nothing fits: name the smallest setting (by estimate; its size is exact)
         smallest = exact(min((g[0] for g in groups), key=estimate))
         got = 8 * len(smallest.data) / (w * h)
         raise TargetError(f"target {8 * budget / (w * h):.4f} bpp ({budget} bytes) cannot be reached "
                           f"for this image; the smallest setting gives {got:.4f} bpp "
                           f"({len(smallest.data)} bytes)", smallest)
+
+    def exact(self, a: dict, s: Setting) -> EncodeResult:
+        """The exact encode of a setting, kept in the analysis: every search on it shares them."""
+        tried = a.setdefault("exact", {})
+        if s not in tried:
+            tried[s] = self.encode_setting(a, s)
+        return tried[s]
 
     def search(self, groups: list[list[Setting]], fits) -> Setting | None:
         """The setting of highest expected quality that `fits`, groups in order of their best."""
@@ -350,6 +401,8 @@ class RateControl:
             if best is not None and eq(g[-1]) <= eq(best):
                 break
             lo, hi, fit = 0, len(g) - 1, None
+            if len(g) > 2 and not fits(g[0]):  # sizes grow along a group: none of it fits. The
+                continue  # smallest needs no block ranking (rd ranking costs a decode per group)
             while lo <= hi:  # largest edge-block share that fits
                 mid = (lo + hi) // 2
                 if fits(g[mid]):
