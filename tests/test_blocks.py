@@ -3,6 +3,7 @@ That rd blocks leave less pixel error is checked with the shipped weights in tes
 
 import numpy as np
 import pytest
+import torch
 
 from tiny import photo
 from tokcodec import mask
@@ -65,3 +66,17 @@ def test_groups_whose_smallest_setting_overflows_are_skipped_without_ranking_blo
     r = codec.encode_tokens(a, budget)
     assert len(r.data) <= budget
     assert (k, "edge") not in a.get("block_scores", {})
+
+
+def test_large_images_are_encoded_in_windows_to_the_same_latent(codec, monkeypatch):
+    """Grids over TILE_MAX_TOKENS run the tokenizer's encoder in windows with ENCODER_MARGIN
+    tokens of context (bounded memory): the latent is that of one pass."""
+    from tokcodec import codec as C
+    padded = pad_image(np.asarray(photo(52 * 16 - 9, 44 * 16 - 3, seed=3)))
+    whole = codec._latent(padded)
+    monkeypatch.setattr(C, "TILE_MAX_TOKENS", 0)
+    monkeypatch.setattr(C, "TILE", 12)
+    tiled = codec._latent(padded)
+    assert tiled.shape == whole.shape and torch.allclose(tiled, whole, atol=1e-5)
+    monkeypatch.setattr(C, "ENCODER_MARGIN", 0)
+    assert not torch.allclose(codec._latent(padded), whole, atol=1e-3)

@@ -224,3 +224,16 @@ def test_the_kept_file_is_the_best_measured_of_the_correction_trials(codec, monk
         got[trials] = codec.encode(img, nbytes=400).data
         assert len(got[trials]) <= 400
     assert score(got[3]) >= score(got[1]) - 1e-9
+
+
+def test_the_correction_is_applied_in_row_bands_to_the_same_pixels(monkeypatch):
+    rng = np.random.default_rng(9)
+    decoded = rng.integers(0, 256, (203, 150, 3), dtype=np.uint8)
+    for grey in (False, True):
+        corr = _random_correction(rng, 2, grey, *correction.grid_shape(150, 203, 2), spread=40)
+        whole = correction.apply(decoded, corr)
+        monkeypatch.setattr(correction, "BAND_ROWS", 64)
+        banded = correction.apply(decoded, corr)
+        monkeypatch.undo()
+        assert np.abs(banded.astype(int) - whole).max() <= 1 and (banded != whole).mean() < 1e-3
+        assert (whole != decoded).mean() > 0.5

@@ -113,3 +113,22 @@ def test_v2_file_decodes_with_shipped_weights():
     img = c.decode(data, seed=7)
     assert img.size == (256, 160)
     assert pixels(img) == pixels(c.decode(data, seed=7))
+
+
+@pytest.mark.parametrize("realism", [0.0, 0.6, 1.0])
+def test_large_grids_render_in_windows_to_the_same_pixels(realism_codec, monkeypatch, realism):
+    """Grids over TILE_MAX_TOKENS are rendered in windows with TILE_MARGIN tokens of context
+    (bounded memory, issue 15): the pixels, realism noise included, are those of one pass. With
+    too little context the seams show, so the comparison can fail."""
+    from tokcodec import codec as C
+    tokens = np.random.default_rng(7).integers(0, 64, (44, 52))
+    size = (52 * 16 - 7, 44 * 16 - 5)
+    whole = np.asarray(realism_codec.render(tokens, 64, size, realism, 5))
+    monkeypatch.setattr(C, "TILE_MAX_TOKENS", 0)
+    monkeypatch.setattr(C, "TILE", 12)
+    tiled = np.asarray(realism_codec.render(tokens, 64, size, realism, 5))
+    assert tiled.shape == whole.shape
+    assert np.abs(tiled.astype(int) - whole).max() <= 1 and (tiled != whole).mean() < 1e-4
+    monkeypatch.setattr(C, "TILE_MARGIN", 1)
+    seams = np.asarray(realism_codec.render(tokens, 64, size, realism, 5))
+    assert (seams != whole).mean() > 1e-3

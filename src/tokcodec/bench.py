@@ -236,20 +236,26 @@ t0 = time.perf_counter()
 import torch
 from tokcodec.codec import get_codec
 from tokcodec.imageio import load_image
-path, bpp = sys.argv[1], float(sys.argv[2])
+job, path, out = sys.argv[1], sys.argv[2], sys.argv[3]
 torch.set_grad_enabled(False)
 codec = get_codec()
 t1 = time.perf_counter()
-img = load_image(path)
-t2 = time.perf_counter()
-r = codec.encode(img, bpp)
-t3 = time.perf_counter()
-codec.decode(r.data)
-t4 = time.perf_counter()
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"threads": torch.get_num_threads(), "load_s": t1 - t0, "encode_s": t3 - t2, "decode_s": t4 - t3,
-                  "bytes": len(r.data), "setting": f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}",
-                  "peak_mb": hwm / 1024, "size": list(img.size)}))
+row = {"threads": torch.get_num_threads(), "load_s": t1 - t0}
+if job == "encode":
+    img = load_image(path)
+    t2 = time.perf_counter()
+    r = codec.encode(img, float(sys.argv[4]))
+    row["encode_s"] = time.perf_counter() - t2
+    open(out, "wb").write(r.data)
+    row.update(bytes=len(r.data), setting=f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}",
+               size=list(img.size))
+else:
+    data = open(path, "rb").read()
+    t2 = time.perf_counter()
+    codec.decode(data).save(out)
+    row["decode_s"] = time.perf_counter() - t2
+row["peak_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+print(json.dumps(row))
 """
 
 
@@ -266,21 +272,28 @@ def mosaic(files: list[Path], cols: int = 5, rows: int = 6) -> Image.Image:
 
 
 def speed(files: list[Path], bpp: float = 0.03) -> list[dict]:
-    """tokc encode (rate control included) and decode time and peak memory, each in a fresh process."""
+    """tokc encode (rate control included) and decode time and peak memory, each in its own
+    fresh process (the decode's peak is the decoder's alone)."""
     out = []
     with tempfile.TemporaryDirectory() as d:
         big = Path(d) / "mosaic-3840x3072.png"
         mosaic(files).save(big)
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-        for name, path in ((files[0].stem, files[0]), ("12-MP mosaic 3840x3072", big)):
-            r = subprocess.run([sys.executable, "-c", SPEED_SNIPPET, str(path), str(bpp)],
+
+        def run(*args) -> dict | None:
+            r = subprocess.run([sys.executable, "-c", SPEED_SNIPPET, *map(str, args)],
                                capture_output=True, text=True, timeout=3600, env=env)
             if r.returncode:
-                print(f"speed run failed for {name}: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-                continue
-            row = json.loads(r.stdout.strip().splitlines()[-1])
-            row["image"] = name
-            out.append(row)
+                print(f"speed run failed for {args[1]}: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                return None
+            return json.loads(r.stdout.strip().splitlines()[-1])
+        for name, path in ((files[0].stem, files[0]), ("12-MP mosaic 3840x3072", big)):
+            tkc = Path(d) / "speed.tkc"
+            enc = run("encode", path, tkc, bpp)
+            dec = enc and run("decode", tkc, Path(d) / "speed.png")
+            if dec:
+                out.append({**enc, "image": name, "decode_s": dec["decode_s"], "encode_peak_mb": enc["peak_mb"],
+                            "decode_peak_mb": dec["peak_mb"], "load_s": max(enc["load_s"], dec["load_s"])})
     return out
 
 
@@ -386,10 +399,12 @@ def main(argv=None) -> None:
     if speeds:
         lines += ["", "## tokc speed and memory", "", "`--bpp 0.03` (rate control included) and a decode at the "
                   "default realism, each image in a fresh process:", "",
-                  "| image | pixels | setting | bytes | encode s | decode s | model load s | peak MB | threads |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| image | pixels | setting | bytes | encode s | decode s | model load s | encode peak MB | "
+                  "decode peak MB | threads |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['image']} | {r['size'][0]}x{r['size'][1]} | {r['setting']} | {r['bytes']} | {r['encode_s']:.1f} | "
-                  f"{r['decode_s']:.1f} | {r['load_s']:.1f} | {r['peak_mb']:.0f} | {r['threads']} |" for r in speeds]
+                  f"{r['decode_s']:.1f} | {r['load_s']:.1f} | {r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f} | "
+                  f"{r['threads']} |" for r in speeds]
     per_cols = tokc_cols[:1] + tokc_cols[-1:] + ["VVC best", "AVIF best"]
     lines += ["", "## Per image (Kodak)", ""] + per_image_lines(rows, per_cols)
     (out / "benchmarks.md").write_text("\n".join(lines) + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import zlib
 
@@ -34,6 +35,23 @@ from .ratecontrol import (QUALITY, QUALITY_MODEL, QUANTILES, EncodeResult, RateC
 # Realism used when the caller gives none (see README, "Realism"): chosen on training photos.
 DEFAULT_REALISM = 0.6
 BLOCK_CHOICES = ("rd", "edge")  # how edge modes choose their kept blocks (Codec.block_scores)
+# Grids over TILE_MAX_TOKENS tokens are decoded to pixels in windows of at most TILE tokens a
+# side, each with TILE_MARGIN tokens of context around it: the decoder's receptive field is 15
+# tokens (10 convolutions at token resolution, 7 at 2 px per token, 5 at 4 px per token), and the
+# detail band's blur reaches 9 pixels (3 x SIGMA_MAX).
+TILE_MAX_TOKENS = 16384
+TILE = 128
+TILE_MARGIN = 16
+ENCODER_MARGIN = 8
+
+
+def _spans(n: int) -> list[tuple[int, int]]:
+    """0..n cut into ceil(n / TILE) near-equal spans."""
+    parts = -(-n // TILE)
+    cuts = [round(i * n / parts) for i in range(parts + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 RD_MAX_TOKENS = 16384  # larger token grids choose blocks by edge strength (Codec.block_scores)
 UNIT = 32  # pad to a multiple of two tokens so the 2x2 phase groups tile evenly
 
@@ -125,10 +143,29 @@ class Codec(RateControl):
             raise ArgumentTypeError(f"blocks must be one of {', '.join(BLOCK_CHOICES)}, got {blocks!r}")
         rgb = np.asarray(image.convert("RGB"))
         padded = pad_image(rgb)
-        x = torch.from_numpy(np.array(padded)).permute(2, 0, 1)[None].float().div(255).to(self.device)
-        z = self.model.tokenizer.encode_latent(x)
+        z = self._latent(padded)
         return {"size": image.size, "z": z, "strength": mask.edge_strength(padded), "tokens": {},
                 "counts": {}, "rgb": rgb, "padded": padded, "blocks": blocks}
+
+    def _latent(self, padded: np.ndarray) -> torch.Tensor:
+        """The tokenizer encoder's unit code vectors (1, D, h, w) of a padded uint8 image; grids
+        over TILE_MAX_TOKENS in windows with ENCODER_MARGIN tokens of context (its receptive
+        field is 7 tokens), so memory stays bounded at photo sizes."""
+        def run(part: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(np.array(part)).permute(2, 0, 1)[None].float().div(255)
+            return self.model.tokenizer.encode_latent(x.to(self.device))
+        gh, gw = padded.shape[0] // 16, padded.shape[1] // 16
+        if gh * gw <= TILE_MAX_TOKENS:
+            return run(padded)
+        z = None
+        for (y0, y1), (x0, x1) in itertools.product(_spans(gh), _spans(gw)):
+            a0, a1 = max(0, y0 - ENCODER_MARGIN), min(gh, y1 + ENCODER_MARGIN)
+            b0, b1 = max(0, x0 - ENCODER_MARGIN), min(gw, x1 + ENCODER_MARGIN)
+            part = run(padded[16 * a0:16 * a1, 16 * b0:16 * b1])
+            if z is None:
+                z = part.new_empty(1, part.shape[1], gh, gw)
+            z[..., y0:y1, x0:x1] = part[..., y0 - a0:y1 - a0, x0 - b0:x1 - b0]
+        return z
 
     def tokens_for(self, a: dict, k: int) -> np.ndarray:
         if k not in a["tokens"]:
@@ -396,12 +433,30 @@ class Codec(RateControl):
         on a machine."""
         t = torch.from_numpy(tokens)[None].to(self.device)
         tok = self.model.tokenizer
-        x = tok.decode(t, k, 0.0)
-        if realism > 0 and tok.decoder.conditioned:
-            rd, sigma = detail.knob(realism)
-            x = detail.band_split(x, tok.decode(t, k, rd, torch.Generator().manual_seed(seed)), sigma)
         w, h = size
-        return Image.fromarray(to_pixels(x[0])[:h, :w])
+        banded = realism > 0 and tok.decoder.conditioned
+        rd, sigma = detail.knob(realism) if banded else (0.0, 0.0)
+        gh, gw = tokens.shape
+        if gh * gw <= TILE_MAX_TOKENS:
+            x = tok.decode(t, k, 0.0)
+            if banded:
+                x = detail.band_split(x, tok.decode(t, k, rd, torch.Generator().manual_seed(seed)), sigma)
+            return Image.fromarray(to_pixels(x[0])[:h, :w])
+        # large grids: windows of at most TILE tokens a side plus TILE_MARGIN tokens of context
+        # on every inner side, which covers the decoder's receptive field (and the band's blur):
+        # the same pixels as one pass, in bounded memory. The noise is drawn for the whole image.
+        maps = tok.decoder.noise_maps(gh, gw, torch.Generator().manual_seed(seed)) if banded else None
+        out = np.empty((gh * 16, gw * 16, 3), dtype=np.uint8)
+        for (y0, y1), (x0, x1) in itertools.product(_spans(gh), _spans(gw)):
+            a0, a1 = max(0, y0 - TILE_MARGIN), min(gh, y1 + TILE_MARGIN)
+            b0, b1 = max(0, x0 - TILE_MARGIN), min(gw, x1 + TILE_MARGIN)
+            win = t[:, a0:a1, b0:b1]
+            x = tok.decode(win, k, 0.0)
+            if banded:
+                x = detail.band_split(x, tok.decode(win, k, rd, tile=(maps, (a0, b0, gh))), sigma)
+            out[16 * y0:16 * y1, 16 * x0:16 * x1] = to_pixels(x[0])[16 * (y0 - a0):16 * (y1 - a0),
+                                                                    16 * (x0 - b0):16 * (x1 - b0)]
+        return Image.fromarray(out[:h, :w])
 
     def decode(self, data: bytes, seed: int = 0, temperature: float = 0.0,
                max_pixels: int = container.DEFAULT_MAX_PIXELS, realism: float | None = None) -> Image.Image:

@@ -201,25 +201,40 @@ def interpolation(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
-def offsets(c: Correction, width: int, height: int) -> np.ndarray:
-    """The correction in RGB, (H, W, 3) float32: the dequantised grid, interpolated."""
+def offsets(c: Correction, width: int, height: int, rows: slice = slice(None)) -> np.ndarray:
+    """The correction in RGB, (H, W, 3) float32: the dequantised grid, interpolated (only the
+    image rows `rows`)."""
     step = np.array([c.steps[0], c.steps[1], c.steps[1]], dtype=np.float64)[:c.channels]
     g = c.values * step[:, None, None]
     if c.grey:
         g = np.concatenate([g, np.zeros((2,) + g.shape[1:])])
     gh, gw = g.shape[1:]
-    ay, ax = interpolation(height, gh).astype(np.float32), interpolation(width, gw).astype(np.float32)
+    ay, ax = interpolation(height, gh).astype(np.float32)[rows], interpolation(width, gw).astype(np.float32)
     rgb = np.tensordot(YCC_TO_RGB, g, axes=(1, 0)).astype(np.float32)  # (3, gh, gw)
     return np.stack([ay @ rgb[k] @ ax.T for k in range(3)], -1)
 
 
+BAND_ROWS = 512  # rows corrected at a time: bounded memory at photo sizes
+
+
 def apply(decoded: np.ndarray, c: Correction) -> np.ndarray:
     """Corrected uint8 (H, W, 3) pixels: decoded + offsets, rounded and clipped; grey images
-    get their luma (0.299 R + 0.587 G + 0.114 B, rounded) in all three channels."""
+    get their luma (0.299 R + 0.587 G + 0.114 B, rounded) in all three channels. Works in
+    bands of BAND_ROWS rows (each pixel's arithmetic is the same)."""
     h, w, _ = decoded.shape
+    if h <= BAND_ROWS:
+        return _apply_rows(decoded, c, slice(None), h)
+    out = np.empty_like(decoded)
+    for r0 in range(0, h, BAND_ROWS):
+        rows = slice(r0, min(h, r0 + BAND_ROWS))
+        out[rows] = _apply_rows(decoded[rows], c, rows, h)
+    return out
+
+
+def _apply_rows(decoded: np.ndarray, c: Correction, rows: slice, height: int) -> np.ndarray:
     out = decoded.astype(np.float32)
     if c.cell:
-        out = out + offsets(c, w, h)
+        out = out + offsets(c, decoded.shape[1], height, rows)
     if c.grey:
         out = (out @ RGB_TO_YCC[0].astype(np.float32))[..., None].repeat(3, -1)
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)

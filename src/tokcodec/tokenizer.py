@@ -79,7 +79,17 @@ class Conditioning:
     def __init__(self, r: torch.Tensor, emb: torch.Tensor, generator: torch.Generator | None):
         self.r, self.emb, self.generator = r, emb, generator
 
+    maps: "list[torch.Tensor] | None" = None  # noise drawn beforehand for a whole image (tiles)
+    window: tuple[int, int, int] = (0, 0, 1)    # the tile's first token row, column; grid height
+    calls: int = 0
+
     def noise(self, b: int, h: int, w: int, device, dtype) -> torch.Tensor:
+        if self.maps is not None:  # a tile: its part of the whole image's noise map
+            m = self.maps[self.calls]
+            self.calls += 1
+            y, x, grid_h = self.window
+            s = m.shape[-2] // grid_h  # pixels per token at this block's resolution
+            return m[..., y * s:y * s + h, x * s:x * s + w].to(device, dtype)
         if self.generator is None:
             return torch.randn(b, 1, h, w, device=device, dtype=dtype)
         return torch.randn(b, 1, h, w, generator=self.generator).to(device, dtype)
@@ -150,8 +160,18 @@ class Decoder(nn.Module):
     def base_names(self) -> list[str]:
         return [k.replace("__", ".") for k in self.delta] if self.conditioned else []
 
+    def noise_maps(self, h: int, w: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """The noise maps a forward pass on an (h, w) token grid draws from `generator`, in the
+        order it draws them: one (1, 1, h s, w s) map per conditioned block, s = 1, 2, 4 pixels
+        per token at the block's resolution."""
+        sizes = [1] * len(self.s3) + [2] * len(self.s2) + [4] * len(self.s1)
+        return [torch.randn(1, 1, h * s, w * s, generator=generator) for s in sizes]
+
     def forward(self, z: torch.Tensor, realism: float = 0.0,
-                generator: torch.Generator | None = None, _merged: bool = False) -> torch.Tensor:
+                generator: torch.Generator | None = None, _merged: bool = False,
+                tile: "tuple[list[torch.Tensor], tuple[int, int, int]] | None" = None) -> torch.Tensor:
+        """`tile`: (noise maps of the whole image from `noise_maps`, (first token row, first
+        token column, whole grid height)) when z is a window of a larger grid."""
         r = float(realism)
         if not 0.0 <= r <= 1.0:
             raise ValueError(f"realism must be in [0, 1], got {r}")
@@ -161,9 +181,11 @@ class Decoder(nn.Module):
                 params = dict(self.named_parameters())
                 merged = {n: params[n] + r * self.delta[n.replace(".", "__")] for n in self.base_names()}
                 return torch.func.functional_call(self, merged, (z,), {"realism": r, "generator": generator,
-                                                                         "_merged": True}, strict=False)
+                                                                         "_merged": True, "tile": tile}, strict=False)
             rt = torch.full((z.shape[0],), r, device=z.device)
             cond = Conditioning(rt, self.realism(rt), generator)
+            if tile is not None:
+                cond.maps, cond.window = tile
         x = self.inp(z)
         for b in self.s3:
             x = b(x, cond)
@@ -216,8 +238,8 @@ class Tokenizer(nn.Module):
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, k: int, realism: float = 0.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.decoder(self.embed(tokens, k), realism, generator).clamp(0, 1)
+               generator: torch.Generator | None = None, tile=None) -> torch.Tensor:
+        return self.decoder(self.embed(tokens, k), realism, generator, tile=tile).clamp(0, 1)
 
 
 @dataclass
