@@ -252,13 +252,15 @@ class ExactPrior:
         self.cfg = cfg
         self.device = torch.device(device)
         self.t = {k: v.to(self.device, torch.int64) for k, v in tensors.items()}
+        # weight matrices also as float64 (exact: |w| < 2**15), converted once, not per matmul
+        self.w64 = {k: v.to(torch.float64) for k, v in self.t.items() if k.endswith(".w")}
         self.exp = exp_table().to(self.device)
         self.rel_idx = rel_index(cfg.window).to(self.device)
         self._twin: Prior | None = None  # float_twin(), built on first use
 
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         t = self.t
-        acc = _imatmul(x, t[f"{name}.w"])
+        acc = torch.matmul(x.to(torch.float64), self.w64[f"{name}.w"]).to(torch.int64)  # as _imatmul
         return _rshift_round(acc * t[f"{name}.m"], SCALE_SHIFT) + t[f"{name}.b"]
 
     def _layernorm(self, x: torch.Tensor, name: str) -> torch.Tensor:
