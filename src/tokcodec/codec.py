@@ -52,6 +52,14 @@ def _spans(n: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
+def _windows(gh: int, gw: int, margin: int):
+    """The windows that cover an (gh, gw) token grid: for each, its core (y0, y1, x0, x1),
+    written to the output, and the core grown by `margin` tokens of context within the grid
+    (a0, a1, b0, b1), which is what gets computed."""
+    for (y0, y1), (x0, x1) in itertools.product(_spans(gh), _spans(gw)):
+        yield (y0, y1, x0, x1), (max(0, y0 - margin), min(gh, y1 + margin), max(0, x0 - margin), min(gw, x1 + margin))
+
+
 RD_MAX_TOKENS = 16384  # larger token grids choose blocks by edge strength (Codec.block_scores)
 UNIT = 32  # pad to a multiple of two tokens so the 2x2 phase groups tile evenly
 
@@ -158,9 +166,7 @@ class Codec(RateControl):
         if gh * gw <= TILE_MAX_TOKENS:
             return run(padded)
         z = None
-        for (y0, y1), (x0, x1) in itertools.product(_spans(gh), _spans(gw)):
-            a0, a1 = max(0, y0 - ENCODER_MARGIN), min(gh, y1 + ENCODER_MARGIN)
-            b0, b1 = max(0, x0 - ENCODER_MARGIN), min(gw, x1 + ENCODER_MARGIN)
+        for (y0, y1, x0, x1), (a0, a1, b0, b1) in _windows(gh, gw, ENCODER_MARGIN):
             part = run(padded[16 * a0:16 * a1, 16 * b0:16 * b1])
             if z is None:
                 z = part.new_empty(1, part.shape[1], gh, gw)
@@ -447,9 +453,7 @@ class Codec(RateControl):
         # the same pixels as one pass, in bounded memory. The noise is drawn for the whole image.
         maps = tok.decoder.noise_maps(gh, gw, torch.Generator().manual_seed(seed)) if banded else None
         out = np.empty((gh * 16, gw * 16, 3), dtype=np.uint8)
-        for (y0, y1), (x0, x1) in itertools.product(_spans(gh), _spans(gw)):
-            a0, a1 = max(0, y0 - TILE_MARGIN), min(gh, y1 + TILE_MARGIN)
-            b0, b1 = max(0, x0 - TILE_MARGIN), min(gw, x1 + TILE_MARGIN)
+        for (y0, y1, x0, x1), (a0, a1, b0, b1) in _windows(gh, gw, TILE_MARGIN):
             win = t[:, a0:a1, b0:b1]
             x = tok.decode(win, k, 0.0)
             if banded:

@@ -260,7 +260,7 @@ class ExactPrior:
 
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         t = self.t
-        acc = torch.matmul(x.to(torch.float64), self.w64[f"{name}.w"]).to(torch.int64)  # as _imatmul
+        acc = _imatmul(x, self.w64[f"{name}.w"])  # already float64: no conversion
         return _rshift_round(acc * t[f"{name}.m"], SCALE_SHIFT) + t[f"{name}.b"]
 
     def _layernorm(self, x: torch.Tensor, name: str) -> torch.Tensor:
