@@ -7,7 +7,7 @@ KODAK ?= ../shared/data/kodak
 PRIOR_MINUTES ?= 110
 IMG ?= $(shell $(BIN)/python -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))" 2>/dev/null)
 
-.PHONY: setup demo test check-cuda bench vvc eval eval-modes eval-realism train-tokenizer train-ladder train-prior train-realism export export-realism fit-quality clean
+.PHONY: setup demo test check-cuda bench vvc eval eval-modes eval-realism train-tokenizer train-ladder train-prior train-realism export export-realism train-decoder export-decoder fit-quality clean
 
 # CPU PyTorch: `pip install torch==2.13.0` installs whatever build of 2.13.0 pip finds first. On
 # the development machine that is torch-2.13.0+cpu, a wheel in pip's local find-links folder
@@ -77,6 +77,19 @@ train-prior: setup
 	cd src && ../$(BIN)/python -m tokcodec.train tokens --ckpt ../runs/tok/ladder.pt --data ../$(DATA) --out ../runs/tokens.pt
 	cd src && ../$(BIN)/python -m tokcodec.train prior --tokens ../runs/tokens.pt --out ../runs/prior \
 		--tokenizer ../runs/tok/ladder.pt --minutes $(PRIOR_MINUTES) --resume
+
+# fidelity decoder: the decoder trained further on every codebook (encoder, codebooks, prior
+# frozen; files name the decoder they were encoded against). DECODER_DATA: a folder of
+# same-size crops (scripts/decoder_crops.py makes them); 8 minutes on a GPU, hours on a CPU.
+DECODER_DATA ?= runs/decoder-crops
+DECODER_MINUTES ?= 8
+train-decoder: setup
+	$(BIN)/python -m tokcodec.train decoder --data $(DECODER_DATA)/train --val $(DECODER_DATA)/val \
+		--out runs/decoder --minutes $(DECODER_MINUTES) --batch 64 --crop 240
+
+export-decoder: setup
+	$(BIN)/python -m tokcodec.train export-decoder --ckpt runs/decoder/fidelity.safetensors \
+		--out weights/fidelity.safetensors --number 1
 
 fit-quality: setup
 	$(BIN)/python -m tokcodec.train quality --data $(DATA)

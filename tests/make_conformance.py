@@ -141,6 +141,7 @@ def main() -> None:
         entropy.CODER_ID = coder
         try:
             a = codec.analyse(photo(w, h, seed=seed))
+            a["blocks"] = "edges"  # edge blocks ranked by edge strength, as when the suite was made
             if blocks is not None:  # any block map is valid: make select_blocks pick exactly these
                 a["strength"] = blocks.astype(np.float64)
                 q = float(blocks.mean())
@@ -157,7 +158,7 @@ def main() -> None:
         entry = {"file": name, "what": what, "expect": "decode",
                  "header": {"width": hd.width, "height": hd.height, "codebook": hd.codebook, "mode": hd.mode,
                             "grid": list(hd.grid), "schedule_id": hd.schedule_id, "coder_id": hd.coder_id,
-                            "model_id": hd.model_id.hex(), "minor": hd.minor,
+                            "model_id": hd.model_id.hex(), "minor": hd.minor, "decoder": hd.decoder,
                             "extensions": [[t, d.hex()] for t, d in hd.extensions],
                             "token_crc32": f"{hd.token_crc32:08x}", "tokens_kept": int(keep.sum()),
                             "payload_bytes": info["payload_bytes"], "overhead_bytes": info["overhead_bytes"]},
@@ -204,15 +205,17 @@ def main() -> None:
     # extensions and later minors, rebuilt from the edge file (same payload, same tokens)
     p = split(edge)
     decodable("ext_ancillary.tkc",
-              assemble(b"\x01\x00", body_exts(p["body"][:-1], [(2, b"hello"), (300, bytes(range(130)))]),
+              assemble(b"\x01\x00", body_exts(p["body"][:-2], [(2, b"hello"), (300, bytes(range(130)))]),
                        p["payload"]),
               "version 1.0 with two ancillary extensions: tag 2, unknown in 1.0, and tag 300 (130 bytes: "
               "2-byte varints, 2-byte header_len)",
               gen=GENERATE_SHORT)
-    decodable("minor_3_appended_fields.tkc",
-              assemble(b"\x01\x03", p["body"] + b"\x01\x02\x03\x04\x05", p["payload"]),
-              "version 1.3: five header bytes after the mask check are skipped", gen=GENERATE_SHORT)
-    decodable("minor_1_no_mask_check.tkc", assemble(b"\x01\x01", p["body"][:-1], p["payload"]),
+    decodable("minor_4_appended_fields.tkc",
+              assemble(b"\x01\x04", p["body"] + b"\x01\x02\x03\x04\x05", p["payload"]),
+              "version 1.4: five header bytes after the decoder field are skipped", gen=GENERATE_SHORT)
+    decodable("minor_2_no_decoder.tkc", assemble(b"\x01\x02", p["body"][:-1], p["payload"]),
+              "version 1.2 (no decoder field: fidelity decoder 0), as tokc wrote before 1.3", gen=[])
+    decodable("minor_1_no_mask_check.tkc", assemble(b"\x01\x01", p["body"][:-2], p["payload"]),
               "version 1.1 (no mask check): the same file as tokc wrote before 1.2", gen=[])
     # ---- valid files, coder 1 (legacy: still decoded, sampled with the legacy generator)
     decodable("coder1_edge_k64_96x64.tkc", encode(96, 64, 64, "edge", 0.3, coder=1),
@@ -240,12 +243,18 @@ def main() -> None:
     refused("refuse_header_len_past_end.tkc",
             (lambda d: d + struct.pack("<I", zlib.crc32(d)))(b"\x89TKC" + v + varint(len(b) + len(pl) + 1) + b + pl),
             "header", "header_len points past the end of the file")
-    refused("refuse_header_trailing_bytes_1_0.tkc", assemble(b"\x01\x00", b[:-1] + b"\x00", pl), "header",
+    refused("refuse_header_trailing_bytes_1_0.tkc", assemble(b"\x01\x00", b[:-2] + b"\x00", pl), "header",
             "a 1.0 header with a byte after its last field")
-    refused("refuse_mask_check_missing.tkc", assemble(v, b[:-1], pl), "header",
+    refused("refuse_header_trailing_bytes_1_3.tkc", assemble(v, b + b"\x00", pl), "header",
+            "a 1.3 header with a byte after its last field (the decoder field)")
+    refused("refuse_mask_check_missing.tkc", assemble(b"\x01\x02", b[:-2], pl), "header",
             "a 1.2 header that ends after its extensions (no mask_check)")
-    refused("refuse_mask_check.tkc", assemble(v, b[:-1] + bytes([b[-1] ^ 0x5A]), pl), "mask_check",
+    refused("refuse_decoder_missing.tkc", assemble(v, b[:-1], pl), "header",
+            "a 1.3 header that ends after mask_check (no decoder field)")
+    refused("refuse_mask_check.tkc", assemble(v, b[:-2] + bytes([b[-2] ^ 0x5A]) + b[-1:], pl), "mask_check",
             "mask_check of another keep mask")
+    refused("refuse_decoder_1.tkc", assemble(v, b[:-1] + b"\x01", pl), "decoder",
+            "fidelity decoder 1, which the test model does not have", "accept")
     refused("refuse_width_0.tkc", assemble(v, body_dims(b, width_bytes=b"\x00"), pl), "dimensions", "width 0")
     refused("refuse_width_65536.tkc", assemble(v, body_dims(b, width_bytes=varint(65536)), pl), "dimensions",
             "width 65536 (3-byte varint)")

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 from decimal import Decimal, getcontext
 from math import isqrt
+from pathlib import Path
 from operator import mul
 
 M32, M64, M128 = (1 << 32) - 1, (1 << 64) - 1, (1 << 128) - 1
@@ -69,6 +70,7 @@ class Header:
     payload: bytes
     overhead: int
     mask_check: int | None = None
+    decoder: int = 0
 
     @property
     def k(self) -> int:
@@ -140,13 +142,14 @@ def parse(data: bytes, max_pixels: int = 64_000_000) -> Header:
             raise Refuse("extension")
         exts.append((tag, body))
     check = h.take(1)[0] if data[5] >= 2 else None
-    if data[5] <= 2 and h.pos != start + hlen:
-        raise Refuse("header", "bytes after the last field of a 1.0, 1.1 or 1.2 header")
+    decoder = h.take(1)[0] if data[5] >= 3 else 0
+    if data[5] <= 3 and h.pos != start + hlen:
+        raise Refuse("header", "bytes after the last field of a 1.0 to 1.3 header")
     payload = data[start + hlen:-4]
     if len(payload) % 4:
         raise Refuse("payload_length")
     return Header(data[5], width, height, model_id, grid_log2, params & 15, MODES[params >> 4],
-                  schedule_id, coder_id, token_crc, exts, payload, len(data) - len(payload), check)
+                  schedule_id, coder_id, token_crc, exts, payload, len(data) - len(payload), check, decoder)
 
 
 def check_ids(hd: Header) -> None:
@@ -490,6 +493,12 @@ class Model:
         self.weights = Weights(path)
         self.prior = Prior(self.weights)
         self.ids = self.weights.ids()
+        # fidelity decoders (section 8.4): 0 is the base file's; a fidelity.safetensors beside
+        # it adds the one its metadata numbers
+        self.decoders = {0}
+        fid = Path(path).parent / "fidelity.safetensors" if Path(path).is_file() else Path(path) / "fidelity.safetensors"
+        if fid.is_file():
+            self.decoders.add(int(Weights(fid).metadata["number"]))
 
 
 def keep_mask(hd: Header, dec: RangeDecoder) -> list[bool]:
@@ -538,6 +547,8 @@ def decode(data: bytes, model: Model) -> Decoded:
     check_ids(hd)
     if hd.k not in model.prior.codebooks:
         raise Refuse("codebook", "K not in the model")
+    if hd.decoder not in model.decoders:
+        raise Refuse("decoder", "the file's fidelity decoder is not among the model's")
     dec = RangeDecoder(hd.payload)
     keep = keep_mask(hd, dec)
     h, w = hd.grid

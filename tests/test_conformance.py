@@ -25,7 +25,8 @@ TOKC_REASONS = [
     ("dimensions", r"image size|over the limit"), ("grid", r"token size"), ("mode", r"mask mode"),
     ("extension", r"critical extension"), ("schedule", r"uses schedule"), ("coder", r"uses coder"),
     ("codebook", r"codebook"), ("payload_length", r"whole number of 32-bit words"), ("model", r"made with model"),
-    ("token_crc", r"fail their CRC-32"), ("mask_check", r"mask check"), ("payload", r"damaged|payload"),
+    ("token_crc", r"fail their CRC-32"), ("mask_check", r"mask check"), ("decoder", r"fidelity decoder"),
+    ("payload", r"damaged|payload"),
 ]
 
 
@@ -64,7 +65,8 @@ def test_suite_covers_what_the_spec_lists():
     assert any(g["t"] and g["seed"] >= 2 ** 63 for e in DECODE for g in e["generated"])
     assert {e["reason"] for e in REFUSE} == {
         "magic", "truncated", "version", "file_crc", "header", "dimensions", "grid", "mode", "codebook",
-        "extension", "schedule", "coder", "payload_length", "model", "payload", "token_crc", "mask_check"}
+        "extension", "schedule", "coder", "payload_length", "model", "payload", "token_crc", "mask_check",
+        "decoder"}
 
 
 @pytest.mark.parametrize("entry", DECODE, ids=lambda e: e["file"])

@@ -94,7 +94,7 @@ def test_encoder_adds_a_correction_that_lowers_the_error_and_fits_the_budget(cod
         assert len(r.data) <= nbytes
         c = container.unpack(r.data)
         bodies = [b for t, b in c.header.extensions if t == correction.TAG]
-        assert len(bodies) == 1 and c.header.minor == 2
+        assert len(bodies) == 1 and c.header.minor == container.WRITE_MINOR
         corr = correction.unpack(bodies[0], *img.size)
         assert corr.cell > 0
         decoded = np.asarray(codec.decode(r.data, realism=0.0)).astype(np.float64)

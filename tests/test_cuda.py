@@ -40,3 +40,23 @@ def test_a_cuda_file_with_correction_decodes_on_the_cpu(codec, cuda_codec):
     a = np.asarray(codec.decode(data, realism=0.0)).astype(int)
     b = np.asarray(cuda_codec.decode(data, realism=0.0)).astype(int)
     assert np.abs(a - b).max() <= 2  # pixels are deterministic per machine, not bit-exact across
+
+
+def test_shipped_weights_give_the_same_file_and_tokens_on_cpu_and_cuda():
+    """The shipped model (real sizes: K up to 1024, the full prior), where integer overflow or a
+    float shortcut in the exact prior would show first."""
+    from conftest import ROOT
+    from tokcodec.codec import Codec
+    if not (ROOT / "weights" / "tokc.safetensors").is_file():
+        pytest.skip("the shipped weights are not in this checkout")
+    cpu, gpu = Codec(str(ROOT / "weights"), "cpu"), Codec(str(ROOT / "weights"), "cuda")
+    img = photo(384, 256, seed=5)
+    for nbytes in (150, 700):
+        a = cpu.encode(img, nbytes=nbytes, correct=False).data
+        b = gpu.encode(img, nbytes=nbytes, correct=False).data
+        assert a == b
+        ta = cpu.decode_tokens(cpu.read(a))
+        tb = gpu.decode_tokens(gpu.read(a))
+        assert all(np.array_equal(x, y) for x, y in zip(ta, tb))
+        k = cpu.read(a).header.codebook
+        assert np.array_equal(cpu.generate(*ta, k, 3, 1.0), gpu.generate(*tb, k, 3, 1.0))

@@ -50,3 +50,16 @@ def make_decoder(folder, seed: int = 0, model: bytes | None = None) -> None:
         model = model_id(bitstream_tensors(base))
     save_decoder(folder / "decoder.safetensors", tok.decoder, tok.cfg, model, fidelity_decoder_id(base),
                  {"note": "random test decoder"})
+
+
+def make_fidelity(folder, number: int = 1, seed: int = 0, model: bytes | None = None) -> None:
+    """A newer fidelity decoder file (random weights) for the tiny model in `folder`."""
+    from safetensors.torch import load_file
+
+    from tokcodec.tokenizer import Decoder
+    from tokcodec.weights import save_fidelity
+    torch.manual_seed(seed)
+    dec = Decoder(TOK_CFG)
+    if model is None:
+        model = model_id(bitstream_tensors(load_file(str(folder / "tokc.safetensors"))))
+    save_fidelity(folder / "fidelity.safetensors", dec, number, model, {"note": "random test decoder"})

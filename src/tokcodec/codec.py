@@ -29,8 +29,8 @@ from .prior import counts_from_logits
 from .rng import LegacyGenerator, sample_at
 from .weights import Model, WeightsError as _WeightsError, find as find_weights, load
 from .correction import read_correction, with_correction  # noqa: F401 (part of this module's API)
-from .ratecontrol import (QUALITY, QUALITY_MODEL, QUANTILES, EncodeResult, RateControl,  # noqa: F401
-                          Setting, TargetError, expected_quality)
+from .ratecontrol import (QUALITY, QUALITY_BY_DECODER, QUALITY_MODEL, QUANTILES,  # noqa: F401
+                          EncodeResult, RateControl, Setting, TargetError, expected_quality)
 
 # Realism used when the caller gives none (see README, "Realism"): chosen on training photos.
 DEFAULT_REALISM = 0.6
@@ -137,7 +137,7 @@ class Codec(RateControl):
             raise WeightsError(str(e)) from None
         self._blank: dict[int, torch.Tensor] = {}
         ids = (self.model.model_id.hex(), self.model.legacy_id.hex())
-        self.quality = QUALITY if QUALITY_MODEL in ids else {}
+        self.quality = QUALITY_BY_DECODER.get(self.model.fidelity, {}) if QUALITY_MODEL in ids else {}
 
     def expected_quality(self, s: Setting) -> float:
         return expected_quality(s, self.quality)
@@ -283,7 +283,8 @@ class Codec(RateControl):
     def _block_error(self, a: dict, tokens: np.ndarray, k: int) -> np.ndarray:
         """Squared error of the fidelity decoder's pixels (rounded to 8 bits) against the padded
         original, summed over each 32x32 block -> (h/2, w/2)."""
-        x = self.model.tokenizer.decode(torch.from_numpy(tokens)[None].to(self.device), k, 0.0)[0]
+        x = self.model.tokenizer.decode(torch.from_numpy(tokens)[None].to(self.device), k, 0.0,
+                                        fidelity=self.model.fidelity)[0]
         e = ((to_pixels(x).astype(np.float64) - a["padded"]) ** 2).sum(-1)
         h, w = tokens.shape
         return e.reshape(h // 2, 32, w // 2, 32).sum(axis=(1, 3))
@@ -310,7 +311,8 @@ class Codec(RateControl):
         w, h = a["size"]
         header = Header(w, h, self.model.model_id, k, setting.mode, token_crc(coded),
                         schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID,
-                        minor=container.WRITE_MINOR, mask_check=container.mask_check(keep))
+                        minor=container.WRITE_MINOR, mask_check=container.mask_check(keep),
+                        decoder=self.model.fidelity)
         data = container.pack(Container(header, payload))
         return EncodeResult(data, setting, int(keep.size), int(keep.sum()), 8 * len(payload),
                             mask_bits, info[0])
@@ -334,7 +336,7 @@ class Codec(RateControl):
         if len(data) <= nbytes:
             return EncodeResult(data, setting, int(keep.size), int(keep.sum()), 8 * len(c.payload), 0.0, 0.0)
         full = self.generate(tokens, keep, k0, 0, 0.0, hd.coder_id) if not keep.all() else tokens
-        img = self.render(full, k0, (hd.width, hd.height), 0.0, 0)
+        img = self.render(full, k0, (hd.width, hd.height), 0.0, 0, hd.decoder)
         # dropped positions hold generated tokens: size estimates need a token everywhere, and
         # `allowed` below keeps them out of every file
         a = {"size": (hd.width, hd.height), "strength": mask.edge_strength(pad_image(np.asarray(img))),
@@ -374,6 +376,10 @@ class Codec(RateControl):
         check_ids(hd)
         if hd.codebook not in self.model.codebooks:
             raise CodecError(f"file uses codebook K={hd.codebook}, which the loaded model lacks")
+        if hd.decoder not in self.model.tokenizer.fidelity_decoders:
+            raise CodecError(f"file was encoded for fidelity decoder {hd.decoder}, which the loaded "
+                             f"weights lack (they hold {self.model.tokenizer.fidelity_decoders}); "
+                             "install newer weights (--weights or TOKC_WEIGHTS)")
         return c
 
     def decode_tokens(self, c: Container) -> tuple[np.ndarray, np.ndarray]:
@@ -431,8 +437,9 @@ class Codec(RateControl):
 
     @torch.no_grad()
     def render(self, tokens: np.ndarray, k: int, size: tuple[int, int], realism: float = 0.0,
-               seed: int = 0) -> Image.Image:
-        """Pixels from a full token grid. With a realism-conditioned decoder, `realism` in [0, 1]
+               seed: int = 0, fidelity: int = 0) -> Image.Image:
+        """Pixels from a full token grid. `fidelity` is the number of the fidelity decoder (the
+        file's header field `decoder`). With a realism-conditioned decoder, `realism` in [0, 1]
         picks the point between fidelity (0) and realism (1): the fidelity decoder's picture
         below a cut-off frequency, the realism decoder's detail above it (detail.py). Its noise
         is drawn on the CPU from `seed`, so the same file, seed and realism give the same pixels
@@ -444,7 +451,7 @@ class Codec(RateControl):
         rd, sigma = detail.knob(realism) if banded else (0.0, 0.0)
         gh, gw = tokens.shape
         if gh * gw <= TILE_MAX_TOKENS:
-            x = tok.decode(t, k, 0.0)
+            x = tok.decode(t, k, 0.0, fidelity=fidelity)
             if banded:
                 x = detail.band_split(x, tok.decode(t, k, rd, torch.Generator().manual_seed(seed)), sigma)
             return Image.fromarray(to_pixels(x[0])[:h, :w])
@@ -455,7 +462,7 @@ class Codec(RateControl):
         out = np.empty((gh * 16, gw * 16, 3), dtype=np.uint8)
         for (y0, y1, x0, x1), (a0, a1, b0, b1) in _windows(gh, gw, TILE_MARGIN):
             win = t[:, a0:a1, b0:b1]
-            x = tok.decode(win, k, 0.0)
+            x = tok.decode(win, k, 0.0, fidelity=fidelity)
             if banded:
                 x = detail.band_split(x, tok.decode(win, k, rd, tile=(maps, (a0, b0, gh))), sigma)
             out[16 * y0:16 * y1, 16 * x0:16 * x1] = to_pixels(x[0])[16 * (y0 - a0):16 * (y1 - a0),
@@ -475,7 +482,8 @@ class Codec(RateControl):
         tokens, keep = self.decode_tokens(c)
         full = (self.generate(tokens, keep, c.header.codebook, seed, temperature, c.header.coder_id)
                 if not keep.all() else tokens)
-        img = self.render(full, c.header.codebook, (c.header.width, c.header.height), r, seed)
+        img = self.render(full, c.header.codebook, (c.header.width, c.header.height), r, seed,
+                          c.header.decoder)
         return self.finish_pixels(img, corr)
 
     @staticmethod
@@ -554,6 +562,7 @@ def describe(data: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> dic
         "token_bits": 8 * len(c.payload),
         "overhead_bytes": len(data) - len(c.payload),
         "model_id": hd.model_id.hex(), "schedule_id": hd.schedule_id, "coder_id": hd.coder_id,
+        "decoder": hd.decoder,
         "token_crc32": f"{hd.token_crc32:08x}",
         "correction": (None if corr is None else
                        ("grey" if corr.grey else "colour") + (f", {16 * corr.cell}-px cells" if corr.cell else "")

@@ -12,6 +12,7 @@ Header body (version 1.0), in order:
     n_ext varint, then n_ext x (tag varint, length varint, bytes)
         tag bit 0 set = critical (a reader that does not know the tag must refuse the file)
     mask_check u8 (version 1.2 on)       low byte of a CRC-32 over the grid size and keep mask
+    decoder u8 (version 1.3 on)          the fidelity decoder the file was encoded against
 Varints are unsigned LEB128 and must use the shortest form.
 The payload is the range coder's 32-bit words, little-endian. The file CRC-32 (LE) covers
 every byte before it.
@@ -27,10 +28,10 @@ from dataclasses import dataclass, field
 from .errors import FormatError
 
 MAGIC = b"\x89TKC"
-# 1.1 added extension 2 (tone and colour correction); 1.2 appends mask_check to the header.
-# tokc writes 1.2 files; it reads 1.0 and 1.1 files as before.
-MAJOR, MINOR = 1, 2
-WRITE_MINOR = 2
+# 1.1 added extension 2 (tone and colour correction); 1.2 appends mask_check to the header;
+# 1.3 appends decoder. tokc writes 1.3 files; it reads 1.0 to 1.2 files as before.
+MAJOR, MINOR = 1, 3
+WRITE_MINOR = 3
 MAX_DIMENSION = 65535
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_FILE_BYTES = 26  # magic, version, the shortest header (1x1, no extension), file CRC; no payload
@@ -95,6 +96,7 @@ class Header:
     extensions: list[tuple[int, bytes]] = field(default_factory=list)
     minor: int = 0  # as read; tokc's encoder writes WRITE_MINOR (codec.encode_setting)
     mask_check: int | None = None  # minor >= 2: mask_check(grid, keep) of the file's keep mask
+    decoder: int = 0  # minor >= 3: number of the fidelity decoder the file was encoded against
 
     @property
     def token_size(self) -> int:
@@ -142,6 +144,12 @@ def _body(h: Header) -> bytes:
         if h.mask_check is None or not 0 <= h.mask_check <= 255:
             raise ValueError("a 1.2 header needs mask_check (0..255)")
         b.append(h.mask_check)
+    if h.minor >= 3:
+        if not 0 <= h.decoder <= 255:
+            raise ValueError("decoder must be 0..255")
+        b.append(h.decoder)
+    elif h.decoder:
+        raise ValueError("a file naming a fidelity decoder needs minor >= 3")
     return bytes(b)
 
 
@@ -215,12 +223,13 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
                               "upgrade tokc")
         exts.append((tag, payload))
     check = hr.u8("mask check") if minor >= 2 else None
+    decoder = hr.u8("decoder") if minor >= 3 else 0
     # Fields appended by a later minor version are skipped: hr.pos may be < start + hlen.
     if minor <= MINOR and hr.pos != start + hlen:
         raise FormatError(f"header has {start + hlen - hr.pos} bytes after its last field "
                           f"(not allowed in a {MAJOR}.{MINOR} file)")
     header = Header(width, height, model_id, 1 << log_k, MODES[mode_i], token_crc, grid_log2,
-                    schedule_id, coder_id, exts, minor, check)
+                    schedule_id, coder_id, exts, minor, check, decoder)
     payload = data[start + hlen:len(data) - 4]
     if len(payload) % 4:
         raise FormatError("payload is not a whole number of 32-bit words (file damaged)")

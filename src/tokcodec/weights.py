@@ -33,6 +33,7 @@ from .tokenizer import Tokenizer, TokenizerConfig
 
 FILENAME = "tokc.safetensors"
 DECODER_FILENAME = "decoder.safetensors"
+FIDELITY_FILENAME = "fidelity.safetensors"
 
 
 class WeightsError(RuntimeError):
@@ -92,6 +93,13 @@ class Model:
     legacy_id: bytes = b""
     decoder_path: Path | None = None
     decoder_metadata: dict | None = None
+    fidelity_path: Path | None = None
+
+    @property
+    def fidelity(self) -> int:
+        """Number of the newest fidelity decoder these weights hold (0: the base file's own);
+        the encoder writes it into every file (header field `decoder`, format 1.3)."""
+        return max(self.tokenizer.fidelity_decoders)
 
     def accepts(self, file_id: bytes) -> bool:
         """True when a file with this model id decodes with these weights."""
@@ -142,10 +150,55 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         tok.load_state_dict(tok_state)
     except RuntimeError as e:
         raise WeightsError(f"weights {f} do not fit the tokenizer: {str(e).splitlines()[0]}") from None
+    fid_file = f.parent / FIDELITY_FILENAME
+    if fid_file.is_file():
+        number, decoder = load_fidelity(fid_file, TokenizerConfig.from_dict({**tok_cfg.to_dict(), "realism_dim": 0}),
+                                        mid, f.name)
+        tok.add_fidelity_decoder(number, decoder)
+    else:
+        fid_file = None
     tok.eval().to(device)
     prior = ExactPrior(pri_cfg, {k[6:]: v for k, v in tensors.items() if k.startswith("prior.")}, device)
     return Model(tok, prior, mid, f, meta, legacy_id=model_id(tensors),
-                 decoder_path=dec_file, decoder_metadata=dec_meta)
+                 decoder_path=dec_file, decoder_metadata=dec_meta, fidelity_path=fid_file)
+
+
+FIDELITY_PREFIX = "fid."
+
+
+def load_fidelity(path: Path, cfg: TokenizerConfig, mid: bytes, base_name: str) -> tuple[int, torch.nn.Module]:
+    """A newer fidelity decoder (fp16, prefix `fid.`; metadata: its number >= 1 and the model id
+    it was trained for). Files name the fidelity decoder they were encoded with (spec 8.4)."""
+    from .tokenizer import Decoder
+    try:
+        with safe_open(str(path), framework="pt") as sf:
+            meta = sf.metadata() or {}
+            state = {k[len(FIDELITY_PREFIX):]: sf.get_tensor(k).float() for k in sf.keys()
+                     if k.startswith(FIDELITY_PREFIX)}
+        number, made_for = int(meta["number"]), meta["model_id"]
+    except (OSError, KeyError, ValueError) as e:
+        raise WeightsError(f"cannot read fidelity decoder weights {path}: {e}") from None
+    if made_for != mid.hex():
+        raise WeightsError(f"fidelity decoder weights {path} were trained for model {made_for}, but "
+                           f"{base_name} is model {mid.hex()}; install matching files")
+    if not 1 <= number <= 255:
+        raise WeightsError(f"fidelity decoder weights {path} have number {number}, outside 1..255")
+    decoder = Decoder(cfg)
+    try:
+        decoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"fidelity decoder weights {path} do not fit the tokenizer: "
+                           f"{str(e).splitlines()[0]}") from None
+    return number, decoder
+
+
+def save_fidelity(path: str | os.PathLike, decoder: torch.nn.Module, number: int, model: bytes,
+                  provenance: dict) -> None:
+    """Write a fidelity decoder file (see load_fidelity)."""
+    tensors = {FIDELITY_PREFIX + k: v.detach().cpu().half().contiguous() for k, v in decoder.state_dict().items()}
+    meta = {"number": str(number), "model_id": model.hex(), "provenance": json.dumps(provenance)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
 
 
 def fidelity_decoder_id(tensors: dict[str, torch.Tensor]) -> str:

@@ -2,7 +2,7 @@
 
 import argparse
 
-from . import prior, quality, realism, tokenizer
+from . import decoder, prior, quality, realism, tokenizer
 
 
 def main(argv=None) -> None:
@@ -12,6 +12,7 @@ def main(argv=None) -> None:
     prior.add_args(sub)
     quality.add_args(sub)
     realism.add_args(sub)
+    decoder.add_args(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -3,7 +3,7 @@
     python -m tokcodec.train quality --data ../shared/data/train [--limit 24] [--weights W]
 
 Encodes a sample of training photos (never Kodak) at every setting on a grid, decodes at
-temperature 0 and prints the mean PSNR table that `codec.QUALITY` holds. Each row is made
+temperature 0 and realism 0 (the fidelity decoder the file names) and prints the mean PSNR table that `codec.QUALITY` holds. Each row is made
 non-decreasing in the edge share, which rate control's search relies on.
 """
 
@@ -26,7 +26,7 @@ from .data import list_images
 def fit(args) -> None:
     torch.set_grad_enabled(False)
     codec = Codec(args.weights, args.device)
-    files = list_images(Path(args.data))
+    files = list_images(Path(args.data), "train")
     files = files[::max(1, len(files) // args.limit)][:args.limit]
     table = {k: {"entire": [], "checkerboard": [], "edge": [], "edge_more": []} for k in codec.model.codebooks}
     for n, f in enumerate(files):
@@ -39,7 +39,7 @@ def fit(args) -> None:
                 row = []
                 for q in qs:
                     r = codec.encode_setting(a, Setting(k, mode, q))
-                    row.append(psnr(ref, image_to_tensor(codec.decode(r.data))))
+                    row.append(psnr(ref, image_to_tensor(codec.decode(r.data, realism=0.0))))
                 table[k][mode].append(row)
         print(f"{n + 1}/{len(files)} {f.name}", flush=True)
     out = {}
