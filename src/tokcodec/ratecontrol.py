@@ -102,7 +102,20 @@ QUALITY: dict[int, dict[str, list[float]]] = {  # decoder 0 (weights v2)
 }
 
 
-QUALITY_DECODER_1: dict[int, dict[str, list[float]]] = QUALITY  # placeholder, refitted below
+QUALITY_DECODER_1: dict[int, dict[str, list[float]]] = {  # decoder 1 (weights v4), 24 training photos
+    1024: {"entire": [23.48], "checkerboard": [19.03],
+           "edge": [19.03, 21.89, 22.89, 23.36, 23.47],
+           "edge_more": [15.42, 19.73, 21.84, 23.01, 23.39]},
+    256: {"entire": [22.87], "checkerboard": [18.81],
+           "edge": [18.81, 21.42, 22.32, 22.73, 22.84],
+           "edge_more": [15.48, 19.51, 21.47, 22.46, 22.76]},
+    64: {"entire": [21.97], "checkerboard": [18.38],
+           "edge": [18.38, 20.68, 21.52, 21.88, 21.97],
+           "edge_more": [15.16, 19.05, 20.81, 21.65, 21.91]},
+    16: {"entire": [20.47], "checkerboard": [17.7],
+           "edge": [17.7, 19.54, 20.22, 20.46, 20.5],
+           "edge_more": [14.92, 18.2, 19.6, 20.25, 20.43]},
+}
 
 QUALITY_BY_DECODER = {0: QUALITY, 1: QUALITY_DECODER_1}
 
