@@ -39,8 +39,10 @@ ESTIMATE_SLACK = 8
 # Tone and colour correction grids tried by rate control: cell sides in tokens (x16 px) and
 # quantiser steps (Y, CbCr) in 8-bit levels; and the predicted cost of taking bytes from the
 # tokens, in dB of PSNR per e-fold of token bytes (Kodak, v2 weights: 4.2 dB from 0.005 to
-# 0.01 bpp, 3.3 to 0.02, 2.3 to 0.03).
-CORRECTION_CELLS = (2, 3, 4, 6, 8)
+# 0.01 bpp, 3.3 to 0.02, 2.3 to 0.03). The coarse cells (12-32 tokens, down to a single cell
+# for a small image) cost 13-20 bytes: what a file whose smallest token setting nearly fills the
+# budget can still afford (Kodak 0.005 bpp, kodim08: 10.65 -> 11.97 dB with 21 spare bytes).
+CORRECTION_CELLS = (2, 3, 4, 6, 8, 12, 16, 32)
 CORRECTION_STEPS = ((12, 6), (16, 8), (24, 12), (24, 4), (32, 6))
 CORRECTION_SLOPE = 3.5
 # dB of predicted PSNR a grid may give up per unit of colour error it removes (mean CIEDE2000
@@ -243,7 +245,7 @@ class RateControl:
         diff = correction.difference(rgb, d0)
         for cell in CORRECTION_CELLS:
             gh, gw = correction.grid_shape(*a["size"], cell)
-            if gh * gw < 2:
+            if gh * gw < 1:
                 continue
             for steps in CORRECTION_STEPS:
                 corr = correction.fit(rgb, d0, cell, steps, grey, diff)
