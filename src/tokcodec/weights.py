@@ -3,7 +3,9 @@
 `tokc.safetensors` (the base file) holds the tokenizer (fp16, prefix `tok.`) and the quantised
 prior (integers, prefix `prior.`); its metadata holds both configs (JSON) and the training
 provenance. An optional `decoder.safetensors` beside it holds a newer pixel decoder (prefix
-`dec.`, e.g. the realism-conditioned one) that replaces the base file's decoder.
+`dec.`, e.g. the realism-conditioned one) that replaces the base file's decoder, and an
+optional `fidelity.safetensors` a newer fidelity decoder (prefix `fid.`, numbered; files of
+format 1.3 name the fidelity decoder they were encoded against).
 
 The model id names what defines the bitstream and the meaning of its tokens: the prior's
 tensors and the codebooks (SHA-256 over name, dtype, shape and bytes, in name order; see
@@ -29,11 +31,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .prior import ExactPrior, PriorConfig
-from .tokenizer import Tokenizer, TokenizerConfig
+from .tokenizer import Decoder, Tokenizer, TokenizerConfig
 
 FILENAME = "tokc.safetensors"
 DECODER_FILENAME = "decoder.safetensors"
 FIDELITY_FILENAME = "fidelity.safetensors"
+FIDELITY_PREFIX = "fid."
 
 
 class WeightsError(RuntimeError):
@@ -163,13 +166,10 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
                  decoder_path=dec_file, decoder_metadata=dec_meta, fidelity_path=fid_file)
 
 
-FIDELITY_PREFIX = "fid."
-
 
 def load_fidelity(path: Path, cfg: TokenizerConfig, mid: bytes, base_name: str) -> tuple[int, torch.nn.Module]:
     """A newer fidelity decoder (fp16, prefix `fid.`; metadata: its number >= 1 and the model id
     it was trained for). Files name the fidelity decoder they were encoded with (spec 8.4)."""
-    from .tokenizer import Decoder
     try:
         with safe_open(str(path), framework="pt") as sf:
             meta = sf.metadata() or {}

@@ -43,9 +43,8 @@ from safetensors.torch import save_file
 
 from ..metrics import ms_ssim
 from ..tokenizer import Tokenizer, TokenizerConfig
+from ..weights import FIDELITY_PREFIX as PREFIX
 from .common import setup
-
-PREFIX = "fid."
 
 
 def load_tokenizer(path: str) -> tuple[Tokenizer, dict]:
@@ -277,9 +276,6 @@ def main(argv=None) -> None:
     args.func(args)
 
 
-if __name__ == "__main__":
-    main()
-
 
 def export_fidelity(args) -> None:
     """Install a trained decoder (fidelity.safetensors from `train decoder`) as the base file's
@@ -294,3 +290,7 @@ def export_fidelity(args) -> None:
     mid = W.model_id(W.bitstream_tensors(tensors))
     W.save_fidelity(args.out, tok.decoder, args.number, mid, provenance)
     print(f"wrote {args.out}: fidelity decoder {args.number} for model {mid.hex()}")
+
+
+if __name__ == "__main__":
+    main()
