@@ -171,10 +171,7 @@ def load_fidelity(path: Path, cfg: TokenizerConfig, mid: bytes, base_name: str) 
     """A newer fidelity decoder (fp16, prefix `fid.`; metadata: its number >= 1 and the model id
     it was trained for). Files name the fidelity decoder they were encoded with (spec 8.4)."""
     try:
-        with safe_open(str(path), framework="pt") as sf:
-            meta = sf.metadata() or {}
-            state = {k[len(FIDELITY_PREFIX):]: sf.get_tensor(k).float() for k in sf.keys()
-                     if k.startswith(FIDELITY_PREFIX)}
+        meta, state = read_fidelity(path)
         number, made_for = int(meta["number"]), meta["model_id"]
     except (OSError, KeyError, ValueError) as e:
         raise WeightsError(f"cannot read fidelity decoder weights {path}: {e}") from None
@@ -192,10 +189,23 @@ def load_fidelity(path: Path, cfg: TokenizerConfig, mid: bytes, base_name: str) 
     return number, decoder
 
 
+def read_fidelity(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A fidelity decoder file's metadata and its decoder state (float32, prefix removed); also
+    reads the files `train decoder` writes."""
+    with safe_open(str(path), framework="pt") as sf:
+        return (sf.metadata() or {}), {k[len(FIDELITY_PREFIX):]: sf.get_tensor(k).float() for k in sf.keys()
+                                       if k.startswith(FIDELITY_PREFIX)}
+
+
+def fidelity_tensors(decoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A decoder's state as a fidelity decoder file stores it: fp16, prefix `fid.`."""
+    return {FIDELITY_PREFIX + k: v.detach().cpu().half().contiguous() for k, v in decoder.state_dict().items()}
+
+
 def save_fidelity(path: str | os.PathLike, decoder: torch.nn.Module, number: int, model: bytes,
                   provenance: dict) -> None:
     """Write a fidelity decoder file (see load_fidelity)."""
-    tensors = {FIDELITY_PREFIX + k: v.detach().cpu().half().contiguous() for k, v in decoder.state_dict().items()}
+    tensors = fidelity_tensors(decoder)
     meta = {"number": str(number), "model_id": model.hex(), "provenance": json.dumps(provenance)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)

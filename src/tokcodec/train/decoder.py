@@ -43,19 +43,28 @@ from safetensors.torch import save_file
 
 from ..metrics import ms_ssim
 from ..tokenizer import Tokenizer, TokenizerConfig
-from ..weights import FIDELITY_PREFIX as PREFIX
+from ..weights import fidelity_tensors, read_fidelity
 from .common import setup
+
+
+def read_base(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every tensor of a base weights file, and its metadata."""
+    with safe_open(path, framework="pt") as sf:
+        return {k: sf.get_tensor(k) for k in sf.keys()}, (sf.metadata() or {})
+
+
+def tokenizer_from(tensors: dict[str, torch.Tensor], meta: dict) -> Tokenizer:
+    """The base file's tokenizer, without realism parts."""
+    cfg = TokenizerConfig.from_dict({**json.loads(meta["tokenizer_config"]), "realism_dim": 0})
+    tok = Tokenizer(cfg)
+    tok.load_state_dict({k[4:]: v.float() for k, v in tensors.items() if k.startswith("tok.")})
+    return tok
 
 
 def load_tokenizer(path: str) -> tuple[Tokenizer, dict]:
     """The base file's tokenizer (no realism parts) and the file's metadata."""
-    with safe_open(path, framework="pt") as sf:
-        meta = sf.metadata() or {}
-        state = {k[4:]: sf.get_tensor(k).float() for k in sf.keys() if k.startswith("tok.")}
-    cfg = TokenizerConfig.from_dict({**json.loads(meta["tokenizer_config"]), "realism_dim": 0})
-    tok = Tokenizer(cfg)
-    tok.load_state_dict(state)
-    return tok, meta
+    tensors, meta = read_base(path)
+    return tokenizer_from(tensors, meta), meta
 
 
 def load_images(folder: Path, limit: int | None = None) -> torch.Tensor:
@@ -128,16 +137,17 @@ def validate(tok: Tokenizer, decoder: torch.nn.Module, val: torch.Tensor, device
 
 
 def save_decoder_file(path: Path, decoder: torch.nn.Module, meta: dict) -> None:
-    tensors = {PREFIX + k: v.detach().cpu().half().contiguous() for k, v in decoder.state_dict().items()}
+    """The decoder in the fidelity file layout (weights.fidelity_tensors), written atomically."""
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    save_file(fidelity_tensors(decoder), str(tmp), metadata={k: str(v) for k, v in meta.items()})
     os.replace(tmp, path)
 
 
-def load_decoder_file(path: Path, decoder: torch.nn.Module) -> None:
-    with safe_open(str(path), framework="pt") as sf:
-        decoder.load_state_dict({k[len(PREFIX):]: sf.get_tensor(k).float() for k in sf.keys()
-                                 if k.startswith(PREFIX)})
+def load_decoder_file(path: Path, decoder: torch.nn.Module) -> dict:
+    """Load a fidelity-layout file into `decoder`; returns the file's metadata."""
+    meta, state = read_fidelity(path)
+    decoder.load_state_dict(state)
+    return meta
 
 
 def train_decoder(args) -> None:
@@ -146,7 +156,7 @@ def train_decoder(args) -> None:
     dev = rt.device
     if args.threads:
         torch.set_num_threads(args.threads)
-    tok, meta = load_tokenizer(args.weights)
+    tok, _ = load_tokenizer(args.weights)
     tok.to(dev).eval().requires_grad_(False)
     base = copy.deepcopy(tok.decoder)
     decoder = tok.decoder
@@ -276,17 +286,13 @@ def main(argv=None) -> None:
     args.func(args)
 
 
-
 def export_fidelity(args) -> None:
     """Install a trained decoder (fidelity.safetensors from `train decoder`) as the base file's
     newer fidelity decoder number --number (weights/fidelity.safetensors)."""
     from .. import weights as W
-    with safe_open(args.weights, framework="pt") as sf:
-        tensors = {k: sf.get_tensor(k) for k in sf.keys()}
-    tok, _ = load_tokenizer(args.weights)
-    load_decoder_file(Path(args.ckpt), tok.decoder)
-    with safe_open(args.ckpt, framework="pt") as sf:
-        provenance = json.loads((sf.metadata() or {}).get("provenance", "{}"))
+    tensors, meta = read_base(args.weights)
+    tok = tokenizer_from(tensors, meta)
+    provenance = json.loads(load_decoder_file(Path(args.ckpt), tok.decoder).get("provenance", "{}"))
     mid = W.model_id(W.bitstream_tensors(tensors))
     W.save_fidelity(args.out, tok.decoder, args.number, mid, provenance)
     print(f"wrote {args.out}: fidelity decoder {args.number} for model {mid.hex()}")

@@ -3,7 +3,8 @@
     python -m tokcodec.train quality --data ../shared/data/train [--limit 24] [--weights W]
 
 Encodes a sample of training photos (never Kodak) at every setting on a grid, decodes at
-temperature 0 and realism 0 (the fidelity decoder the file names) and prints the mean PSNR table that `codec.QUALITY` holds. Each row is made
+temperature 0 and realism 0 (with the fidelity decoder the files name) and prints the mean PSNR
+table that `ratecontrol.QUALITY_BY_DECODER` holds for that decoder. Each row is made
 non-decreasing in the edge share, which rate control's search relies on.
 """
 
