@@ -140,8 +140,9 @@ def main() -> None:
     def encode(w, h, k, mode, q=0.0, coder=2, seed=3, blocks=None):
         entropy.CODER_ID = coder
         try:
-            a = codec.analyse(photo(w, h, seed=seed))
-            a["blocks"] = "edges"  # edge blocks ranked by edge strength, as when the suite was made
+            # nearest codewords and edge blocks ranked by edge strength, as when the suite was made
+            a = codec.analyse(photo(w, h, seed=seed), tokens="nearest")
+            a["blocks"] = "edges"
             if blocks is not None:  # any block map is valid: make select_blocks pick exactly these
                 a["strength"] = blocks.astype(np.float64)
                 q = float(blocks.mean())

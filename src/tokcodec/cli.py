@@ -214,13 +214,14 @@ class EncodeOptions:
     device: str
     max_pixels: int
     blocks: str = "rd"
+    tokens: str = "rd"
 
 
 def encode_bytes(raw: bytes, name: str, o: EncodeOptions) -> bytes:
     from .codec import get_codec
     img = load_image(raw, o.max_pixels, name)
     r, msg = encode_to_target(get_codec(o.weights, o.device), img, name, o.bpp, o.nbytes, o.k, o.mode, o.quantile,
-                              o.given, o.strict, o.correct, o.blocks)
+                              o.given, o.strict, o.correct, o.blocks, o.tokens)
     if msg and not o.quiet:
         note(msg)
     if o.verbose:
@@ -261,7 +262,7 @@ def decode_file(src: Path, dst: Path, target: str, opts: DecodeOptions) -> None:
 
 def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | None, k: int | None,
                      mode: str | None, quantile: float | None, given: bool, strict: bool,
-                     correct: bool = True, blocks: str = "rd"):
+                     correct: bool = True, blocks: str = "rd", tokens: str = "rd"):
     """codec.encode, plus what the target meant: (result, note or None). Without --bpp/--bytes,
     an image too small for the default target (1x1, 17x9) gets the smallest file and a note.
     With a target above what the richest setting needs, the file is smaller than the target:
@@ -269,7 +270,7 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
     from .codec import CodecError, TargetError
     w, h = img.size
     try:
-        r = codec.encode(img, bpp, nbytes, k, mode, quantile, correct, blocks)
+        r = codec.encode(img, bpp, nbytes, k, mode, quantile, correct, blocks, tokens)
     except TargetError as e:
         if given or strict:
             raise
@@ -306,6 +307,9 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
               help="share of 2x2-token blocks kept as edge blocks (edge modes)")
 @click.option("--blocks", type=click.Choice(["rd", "edge"]), default="rd", show_default=True,
               help="how edge modes choose their blocks: pixel error saved (rd) or edge strength (edge)")
+@click.option("--tokens", type=click.Choice(["rd", "nearest"]), default="rd", show_default=True,
+              help="which codeword each position codes: chosen for the decoded pixels (rd) or the nearest "
+                   "to the tokenizer's latent (nearest: faster encode)")
 @click.option("--no-correction", "no_correction", is_flag=True,
               help="leave out the tone and colour correction (faster encode)")
 @click.option("-f", "--force", is_flag=True, help="write a .tkc to a terminal anyway")
@@ -315,7 +319,7 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
 @device_opt
 @maxpix_opt
 @threads_opt
-def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, no_correction, force, verbose, output_dir,
+def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, tokens, no_correction, force, verbose, output_dir,
            recursive, overwrite, quiet, n_jobs, weights, device, max_pixels, threads):
     """Encode images to .tkc: `tokc encode IN OUT` (- for stdin/stdout), or
     `tokc encode FILES|FOLDERS... -o OUTDIR` for many files."""
@@ -330,7 +334,7 @@ def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, no_corr
         bpp = DEFAULT_BPP
     k = int(codebook) if codebook else None
     opts = EncodeOptions(bpp, nbytes, k, mode, quantile, given, strict, not no_correction, quiet, verbose,
-                         weights, device, max_pixels, blocks)
+                         weights, device, max_pixels, blocks, tokens)
     if single:
         src, dst = single
         check_input(src)

@@ -26,6 +26,7 @@ from .container import Container, Header
 from .errors import ArgumentError, ArgumentTypeError, CodecError, FormatError, TokcError
 from .imageio import ImageError as _ImageError
 from .prior import counts_from_logits
+from .refine import refine
 from .rng import LegacyGenerator, sample_at
 from .weights import Model, WeightsError as _WeightsError, find as find_weights, load
 from .correction import read_correction, with_correction  # noqa: F401 (part of this module's API)
@@ -35,6 +36,10 @@ from .ratecontrol import (QUALITY, QUALITY_BY_DECODER, QUALITY_MODEL, QUANTILES,
 # Realism used when the caller gives none (see README, "Realism"): chosen on training photos.
 DEFAULT_REALISM = 0.6
 BLOCK_CHOICES = ("rd", "edge")  # how edge modes choose their kept blocks (Codec.block_scores)
+TOKEN_CHOICES = ("rd", "nearest")  # which codeword a position codes (Codec.tokens_for)
+# Token choice for the decoder's pixels runs the pixel decoder forward and backward over the
+# whole grid about a dozen times: grids over this (about 1 MP) keep the nearest codewords
+REFINE_MAX_TOKENS = 4096
 # Grids over TILE_MAX_TOKENS tokens are decoded to pixels in windows of at most TILE tokens a
 # side, each with TILE_MARGIN tokens of context around it: the decoder's receptive field is 15
 # tokens (10 convolutions at token resolution, 7 at 2 px per token, 5 at 4 px per token), and the
@@ -137,23 +142,32 @@ class Codec(RateControl):
             raise WeightsError(str(e)) from None
         self._blank: dict[int, torch.Tensor] = {}
         ids = (self.model.model_id.hex(), self.model.legacy_id.hex())
-        self.quality = QUALITY_BY_DECODER.get(self.model.fidelity, {}) if QUALITY_MODEL in ids else {}
+        # rate control's quality tables, one per token rule (analyse's `tokens`); a decoder
+        # measured only with the nearest codewords uses that table for both rules
+        fid, near = self.model.fidelity, QUALITY_BY_DECODER["nearest"]
+        self.quality = ({rule: tables.get(fid) or near.get(fid, {}) for rule, tables in QUALITY_BY_DECODER.items()}
+                        if QUALITY_MODEL in ids else {})
 
-    def expected_quality(self, s: Setting) -> float:
-        return expected_quality(s, self.quality)
+    def expected_quality(self, s: Setting, a: dict | None = None) -> float:
+        """Expected decoded PSNR of a setting, for the analysis' token rule (default: rd)."""
+        return expected_quality(s, self.quality.get((a or {}).get("tokens_rule", "rd")))
 
     # ------------------------------------------------------------------ analysis
     @torch.no_grad()
-    def analyse(self, image: Image.Image, blocks: str = "rd") -> dict:
+    def analyse(self, image: Image.Image, blocks: str = "rd", tokens: str = "rd") -> dict:
         """Everything about an image that does not depend on the rate setting. `blocks`: how
-        the edge modes choose the blocks they keep ("rd" or "edge", see `block_scores`)."""
+        the edge modes choose the blocks they keep ("rd" or "edge", see `block_scores`);
+        `tokens`: which codeword each position codes ("rd": chosen for the decoder's pixels,
+        `tokens_for`; "nearest": the nearest to the encoder's latent)."""
         if blocks not in BLOCK_CHOICES:
             raise ArgumentTypeError(f"blocks must be one of {', '.join(BLOCK_CHOICES)}, got {blocks!r}")
+        if tokens not in TOKEN_CHOICES:
+            raise ArgumentTypeError(f"tokens must be one of {', '.join(TOKEN_CHOICES)}, got {tokens!r}")
         rgb = np.asarray(image.convert("RGB"))
         padded = pad_image(rgb)
         z = self._latent(padded)
         return {"size": image.size, "z": z, "strength": mask.edge_strength(padded), "tokens": {},
-                "counts": {}, "rgb": rgb, "padded": padded, "blocks": blocks}
+                "counts": {}, "rgb": rgb, "padded": padded, "blocks": blocks, "tokens_rule": tokens}
 
     def _latent(self, padded: np.ndarray) -> torch.Tensor:
         """The tokenizer encoder's unit code vectors (1, D, h, w) of a padded uint8 image; grids
@@ -174,8 +188,17 @@ class Codec(RateControl):
         return z
 
     def tokens_for(self, a: dict, k: int) -> np.ndarray:
+        """The token grid an encode of the analysed image codes at codebook K: the nearest
+        codewords, or (analysis made with tokens="rd", grids up to REFINE_MAX_TOKENS) the
+        codewords refined for the fidelity decoder's pixels (refine.py). Cached per K."""
         if k not in a["tokens"]:
-            a["tokens"][k] = self.model.tokenizer.quantize(a["z"], k)[0].cpu().numpy().astype(np.int64)
+            tok = self.model.tokenizer
+            near = tok.quantize(a["z"], k)[0].cpu().numpy().astype(np.int64)
+            if a.get("tokens_rule") == "rd" and near.size <= REFINE_MAX_TOKENS:
+                target = torch.from_numpy(np.array(a["padded"])).permute(2, 0, 1)[None].to(self.device)
+                near = refine(tok.fidelity_decoder(self.model.fidelity), tok.codebook(k), near,
+                              target.float().div(255), a["size"])
+            a["tokens"][k] = near
         return a["tokens"][k]
 
     # ------------------------------------------------------------------ coding passes
@@ -592,13 +615,14 @@ def get_codec(weights: str | os.PathLike | None = None, device: str = "auto") ->
 def encode(image, bpp: float | None = 0.03, *, nbytes: int | None = None, codebook: int | None = None,
            mode: str | None = None, quantile: float | None = None, weights: str | None = None,
            device: str = "auto", max_pixels: int = container.DEFAULT_MAX_PIXELS,
-           correction: bool = True, blocks: str = "rd") -> bytes:
+           correction: bool = True, blocks: str = "rd", tokens: str = "rd") -> bytes:
     """Encode a PIL image, an image path or image bytes to .tkc bytes at or under `bpp` bits
     per pixel (or `nbytes` bytes, which wins over `bpp`; both None: the richest setting the
     other options allow). Images over `max_pixels` pixels are refused. `correction=False`
     leaves out the tone and colour correction (smaller gain, faster encode). `blocks`: how the
     edge mask modes choose their blocks, "rd" (pixel error saved, default) or "edge" (edge
-    strength, UIGC's rule)."""
+    strength, UIGC's rule). `tokens`: which codeword each position codes, "rd" (chosen for the
+    decoder's pixels, default) or "nearest" (nearest to the tokenizer's latent)."""
     from .imageio import load_image
     max_pixels = errors.check_max_pixels(max_pixels)
     if isinstance(image, Image.Image):
@@ -612,7 +636,7 @@ def encode(image, bpp: float | None = 0.03, *, nbytes: int | None = None, codebo
     if not isinstance(correction, bool):
         raise ArgumentTypeError(f"correction must be True or False, got {correction!r}")
     return get_codec(weights, device).encode(image, bpp, nbytes, codebook, mode, quantile, correction,
-                                             blocks).data
+                                             blocks, tokens).data
 
 
 @public

@@ -119,7 +119,24 @@ QUALITY_DECODER_1: dict[int, dict[str, list[float]]] = {  # decoder 1 (weights v
            "edge_more": [14.92, 18.2, 19.6, 20.25, 20.43]},
 }
 
-QUALITY_BY_DECODER = {0: QUALITY, 1: QUALITY_DECODER_1}
+QUALITY_RD_DECODER_1: dict[int, dict[str, list[float]]] = {  # decoder 1, tokens chosen by refine.py (6 steps)
+    1024: {"entire": [23.94], "checkerboard": [19.25],
+           "edge": [19.25, 22.14, 23.26, 23.75, 23.9],
+           "edge_more": [15.46, 19.89, 22.12, 23.4, 23.82]},
+    256: {"entire": [23.39], "checkerboard": [18.9],
+           "edge": [18.9, 21.7, 22.7, 23.21, 23.34],
+           "edge_more": [15.72, 19.71, 21.76, 22.89, 23.26]},
+    64: {"entire": [22.58], "checkerboard": [18.6],
+           "edge": [18.6, 21.1, 21.99, 22.43, 22.55],
+           "edge_more": [15.35, 19.31, 21.16, 22.15, 22.49]},
+    16: {"entire": [21.56], "checkerboard": [18.27],
+           "edge": [18.27, 20.3, 21.08, 21.43, 21.53],
+           "edge_more": [15.37, 18.78, 20.31, 21.14, 21.45]},
+}
+
+# per token rule (Codec.analyse's `tokens`), per fidelity decoder; `make fit-quality` measures
+# the rd table, `--tokens nearest` the other
+QUALITY_BY_DECODER = {"nearest": {0: QUALITY, 1: QUALITY_DECODER_1}, "rd": {1: QUALITY_RD_DECODER_1}}
 
 
 def expected_quality(s: Setting, table: dict | None = None) -> float:
@@ -174,15 +191,17 @@ class RateControl:
 
     def encode(self, image: Image.Image, bpp: float | None = None, nbytes: int | None = None,
                codebook: int | None = None, mode: str | None = None,
-               quantile: float | None = None, correct: bool = True, blocks: str = "rd") -> EncodeResult:
+               quantile: float | None = None, correct: bool = True, blocks: str = "rd",
+               tokens: str = "rd") -> EncodeResult:
         """Encode with the setting of highest expected quality whose whole file fits the target
         (or, without a target, the richest setting allowed by the other options); `nbytes`
         wins over `bpp`. `correct`: add a tone and colour correction where it pays. `blocks`:
-        how edge modes choose their blocks ("rd" or "edge", `Codec.block_scores`)."""
+        how edge modes choose their blocks ("rd" or "edge", `Codec.block_scores`). `tokens`:
+        which codeword each position codes ("rd" or "nearest", `Codec.tokens_for`)."""
         if not isinstance(image, Image.Image):
             raise ArgumentTypeError(f"image must be a PIL image, got {type(image).__name__}")
         bpp, nbytes, codebook, mode, quantile = self.check_encode_options(bpp, nbytes, codebook, mode, quantile)
-        a = self.analyse(image, blocks)
+        a = self.analyse(image, blocks, tokens)
         w, h = image.size
         budget = int(nbytes) if nbytes is not None else (
             int(np.floor(bpp * w * h / 8)) if bpp is not None else None)
@@ -360,7 +379,7 @@ class RateControl:
         groups = self.groups(codebook, mode, quantile)
         if allowed is not None:
             groups = [g for g in ([s for s in g if allowed(s)] for g in groups) if g]
-        groups = sorted(groups, key=lambda g: -self.expected_quality(g[-1]))
+        groups = sorted(groups, key=lambda g: -self.expected_quality(g[-1], a))
         if budget is None:
             return Planned(groups[0][-1], None) if plan else self.encode_setting(a, groups[0][-1])
         # exact encodes and estimates depend only on the analysis and the setting: every search
@@ -386,7 +405,7 @@ class RateControl:
             return len(exact(s).data) <= budget
 
         for _ in range(3):
-            best = self.search(groups, fits)
+            best = self.search(groups, fits, a)
             if best is None:
                 break
             if plan and best not in tried:  # decided by its estimate, which lies above its size
@@ -397,7 +416,7 @@ class RateControl:
             # an estimate was off by more than the margin; `fits` now knows this setting's
             # exact size, so the next search does not pick it again
         else:  # estimates keep misleading: search on exact sizes only
-            best = self.search(groups, lambda s: len(exact(s).data) <= budget)
+            best = self.search(groups, lambda s: len(exact(s).data) <= budget, a)
             if best is not None:
                 return Planned(best, len(exact(best).data)) if plan else exact(best)
         # nothing fits: name the smallest setting (by estimate; its size is exact)
@@ -414,9 +433,11 @@ class RateControl:
             tried[s] = self.encode_setting(a, s)
         return tried[s]
 
-    def search(self, groups: list[list[Setting]], fits) -> Setting | None:
-        """The setting of highest expected quality that `fits`, groups in order of their best."""
-        eq = self.expected_quality
+    def search(self, groups: list[list[Setting]], fits, a: dict | None = None) -> Setting | None:
+        """The setting of highest expected quality (for analysis `a`) that `fits`, groups in
+        order of their best."""
+        def eq(s: Setting) -> float:
+            return self.expected_quality(s, a)
         best = None
         for g in groups:  # best upper bound first; stop once no group can beat the best found
             if best is not None and eq(g[-1]) <= eq(best):

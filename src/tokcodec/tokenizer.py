@@ -225,6 +225,10 @@ class Tokenizer(nn.Module):
         and those added by add_fidelity_decoder."""
         return [0] + sorted(int(n) for n in self.newer_fidelity)
 
+    def fidelity_decoder(self, number: int = 0) -> "Decoder":
+        """The fidelity decoder numbered `number` (0: this tokenizer's own, used at realism 0)."""
+        return self.newer_fidelity[str(number)] if number else self.decoder
+
     def codebook(self, k: int) -> torch.Tensor:
         if k not in self.cfg.codebooks:
             raise ValueError(f"codebook K={k} not in this model (has {list(self.cfg.codebooks)})")

@@ -1,10 +1,10 @@
 """Fit rate control's quality model: decoded PSNR per codebook, mask mode and edge share.
 
-    python -m tokcodec.train quality --data ../shared/data/train [--limit 24] [--weights W]
+    python -m tokcodec.train quality --data ../shared/data/train [--limit 24] [--weights W] [--tokens rd]
 
 Encodes a sample of training photos (never Kodak) at every setting on a grid, decodes at
 temperature 0 and realism 0 (with the fidelity decoder the files name) and prints the mean PSNR
-table that `ratecontrol.QUALITY_BY_DECODER` holds for that decoder. Each row is made
+table that `ratecontrol.QUALITY_BY_DECODER` holds for that token rule and decoder. Each row is made
 non-decreasing in the edge share, which rate control's search relies on.
 """
 
@@ -33,7 +33,7 @@ def fit(args) -> None:
     for n, f in enumerate(files):
         img = load_image(f)
         ref = image_to_tensor(img)
-        a = codec.analyse(img)
+        a = codec.analyse(img, tokens=args.tokens)
         for k in codec.model.codebooks:
             for mode in table[k]:
                 qs = QUALITY_QUANTILES if mode in ("edge", "edge_more") else (0.0,)
@@ -49,7 +49,8 @@ def fit(args) -> None:
         for mode, rows in modes.items():
             m = np.maximum.accumulate(np.mean(rows, 0))
             out[k][mode] = [round(float(x), 2) for x in m]
-    print(json.dumps({"model_id": codec.model.model_id.hex(), "images": len(files), "table": out}))
+    print(json.dumps({"model_id": codec.model.model_id.hex(), "decoder": codec.model.fidelity,
+                      "tokens": args.tokens, "images": len(files), "table": out}))
 
 
 def add_args(sub: argparse._SubParsersAction) -> None:
@@ -58,4 +59,5 @@ def add_args(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--limit", type=int, default=24)
     q.add_argument("--weights", default=None)
     q.add_argument("--device", default="auto")
+    q.add_argument("--tokens", choices=("rd", "nearest"), default="rd", help="token rule (Codec.analyse)")
     q.set_defaults(func=fit)

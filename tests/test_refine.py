@@ -1,0 +1,112 @@
+"""Token choice for the decoder's pixels (refine.py, `tokens="rd"`): it lowers the decoder's
+error, touches only what it may, and the files it makes are ordinary files."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tiny import photo
+from tokcodec import codec as codec_module
+from tokcodec.codec import Setting
+from tokcodec.refine import pixel_error, refine
+
+
+def linear_setup(seed=0, h=6, w=8, k=16, d=4):
+    """A decoder where each token paints its own 16x16 block (1x1 convolution, pixel shuffle),
+    a codebook, the true tokens, and their decode as the target."""
+    g = torch.Generator().manual_seed(seed)
+    dec = nn.Sequential(nn.Conv2d(d, 3 * 256, 1), nn.PixelShuffle(16))
+    with torch.no_grad():
+        dec[0].weight.copy_(torch.randn(3 * 256, d, 1, 1, generator=g) * 0.2)
+        dec[0].bias.fill_(0.5)
+    cb = torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1)
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, k, (h, w))
+    with torch.no_grad():
+        target = dec(cb[torch.from_numpy(true)].permute(2, 0, 1)[None]).clamp(0, 1)
+    return dec, cb, true, target, rng
+
+
+def test_refine_recovers_most_of_a_perturbed_grid():
+    dec, cb, true, target, rng = linear_setup()
+    start = true.copy()
+    wrong = rng.random(true.shape) < 0.4
+    start[wrong] = (true[wrong] + rng.integers(1, 16, wrong.sum())) % 16
+    size = (true.shape[1] * 16, true.shape[0] * 16)
+    out = refine(dec, cb, start, target, size, steps=20)
+    e0, e1 = pixel_error(dec, cb, start, target, size), pixel_error(dec, cb, out, target, size)
+    assert e1 < 0.3 * e0
+    assert (out == true).mean() > (start == true).mean() + 0.2
+
+
+def test_refine_never_raises_its_error_and_keeps_a_perfect_grid():
+    dec, cb, true, target, _ = linear_setup(seed=1)
+    size = (true.shape[1] * 16, true.shape[0] * 16)
+    assert np.array_equal(refine(dec, cb, true, target, size), true)  # nothing to gain
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        start = rng.integers(0, 16, true.shape)
+        out = refine(dec, cb, start, target, size, steps=4)
+        assert pixel_error(dec, cb, out, target, size) <= pixel_error(dec, cb, start, target, size)
+
+
+def test_refine_changes_only_editable_positions_and_only_the_shown_area_counts():
+    dec, cb, true, target, rng = linear_setup(seed=2)
+    start = rng.integers(0, 16, true.shape)
+    editable = rng.random(true.shape) < 0.5
+    out = refine(dec, cb, start, target, (128, 96), steps=10, editable=editable)
+    assert np.array_equal(out[~editable], start[~editable])
+    assert (out[editable] != start[editable]).any()
+    # the area outside `size` (padding) is not shown: tokens that only paint there stay
+    out = refine(dec, cb, start, target, (64, 96), steps=10)
+    assert np.array_equal(out[:, 4:], start[:, 4:])
+    assert (out[:, :4] != start[:, :4]).any()
+
+
+def test_rd_tokens_lower_the_decoded_error_and_round_trip(codec):
+    img = photo(160, 128, seed=5)
+    near, rd = codec.analyse(img, tokens="nearest"), codec.analyse(img, tokens="rd")
+    tok = codec.model.tokenizer
+    tn, tr = codec.tokens_for(near, 16), codec.tokens_for(rd, 16)
+    assert np.array_equal(tn, tok.quantize(near["z"], 16)[0].numpy())
+    assert (tn != tr).any()
+    target = torch.from_numpy(rd["padded"].copy()).permute(2, 0, 1)[None].float() / 255
+    dec = tok.fidelity_decoder(codec.model.fidelity)
+    assert (pixel_error(dec, tok.codebook(16), tr, target, img.size)
+            < pixel_error(dec, tok.codebook(16), tn, target, img.size))
+    r = codec.encode_setting(rd, Setting(16, "entire"))
+    tokens, _ = codec.decode_tokens(codec.read(r.data))
+    assert np.array_equal(tokens, tr)
+    assert codec.encode_setting(codec.analyse(img, tokens="rd"), Setting(16, "entire")).data == r.data
+
+
+def test_large_grids_keep_the_nearest_codewords(codec, monkeypatch):
+    img = photo(160, 128, seed=5)
+    monkeypatch.setattr(codec_module, "REFINE_MAX_TOKENS", 79)  # the grid has 80 tokens
+    a = codec.analyse(img, tokens="rd")
+    assert np.array_equal(codec.tokens_for(a, 16), codec.model.tokenizer.quantize(a["z"], 16)[0].numpy())
+
+
+def test_unknown_token_rule_is_refused(codec):
+    from tokcodec.errors import ArgumentTypeError
+    with pytest.raises(ArgumentTypeError, match="tokens must be one of rd, nearest"):
+        codec.analyse(photo(), tokens="best")
+
+
+def test_cli_token_rule(tmp_path, tiny_weights, codec):
+    from test_cli import tokc
+    img = photo(160, 128, seed=5)
+    img.save(tmp_path / "in.png")
+    outs = {}
+    for rule in ("rd", "nearest"):
+        p = tokc("encode", tmp_path / "in.png", tmp_path / f"{rule}.tkc", "--codebook", "16", "--mode", "entire",
+                 "--no-correction", "--tokens", rule, weights=tiny_weights)
+        assert p.returncode == 0, p.stderr.decode()
+        outs[rule] = (tmp_path / f"{rule}.tkc").read_bytes()
+    for rule, data in outs.items():
+        tokens, _ = codec.decode_tokens(codec.read(data))
+        assert np.array_equal(tokens, codec.tokens_for(codec.analyse(img, tokens=rule), 16))
+    p = tokc("encode", tmp_path / "in.png", tmp_path / "x.tkc", "--tokens", "best", weights=tiny_weights)
+    assert p.returncode == 2 and "--tokens" in p.stderr.decode()
+    assert not (tmp_path / "x.tkc").exists()
