@@ -217,17 +217,23 @@ def rd_plots(summary: dict, codecs_shown, out: Path, title: str) -> list[str]:
                          if cc == c and s.get("n") and s.get(metric) is not None)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=c)
-        ax.set_xlabel("bits per pixel (whole file)")
-        ax.set_ylabel(label)
-        ax.set_title(f"{title}: {label}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
         name = f"rd-{metric.replace('_', '')}.png"
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
+        finish_plot(fig, ax, label, f"{title}: {label}", out / name)
         names.append(name)
     return names
+
+
+def finish_plot(fig, ax, ylabel: str, title: str, path, dpi: int = 100) -> None:
+    """Label a rate-distortion plot (x: whole-file bpp), save it to `path` and close it."""
+    import matplotlib.pyplot as plt
+    ax.set_xlabel("bits per pixel (whole file)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 SPEED_SNIPPET = """

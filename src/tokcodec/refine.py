@@ -19,9 +19,9 @@ trust-region descent over tokens:
   where about REFINE_SHARE of the positions would change).
 
 The decoder runs in bfloat16 (autocast) here: only the choice of tokens depends on it, and the
-file is whatever tokens it chose. Decoding is unchanged. Kodak, every token kept, decoder 1:
-+1.5 to +2.3 dB at K=16, +0.8 to +1.0 dB at K=64, +0.5 to +0.7 dB at K=256, for 2-6 % more
-bits (out/pix_rdo*.py in session 9, docs/rdo.md).
+file is whatever tokens it chose. Decoding is unchanged. Every token kept, 12 Kodak images:
++1.07 dB at K=16, +0.66 at K=64, +0.39 at K=256, +0.30 at K=1024, for 1-3 % more bytes
+(docs/rdo.md, scripts/token_share.py).
 """
 
 from __future__ import annotations
