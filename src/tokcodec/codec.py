@@ -38,7 +38,8 @@ DEFAULT_REALISM = 0.6
 BLOCK_CHOICES = ("rd", "edge")  # how edge modes choose their kept blocks (Codec.block_scores)
 TOKEN_CHOICES = ("rd", "nearest")  # which codeword a position codes (Codec.tokens_for)
 # Token choice for the decoder's pixels runs the pixel decoder forward and backward over the
-# whole grid about a dozen times: grids over this (about 1 MP) keep the nearest codewords
+# whole grid REFINE_STEPS + 1 times (about 50 MB per 1,000 tokens): grids over this (about
+# 1 MP) keep the nearest codewords
 REFINE_MAX_TOKENS = 4096
 # Grids over TILE_MAX_TOKENS tokens are decoded to pixels in windows of at most TILE tokens a
 # side, each with TILE_MARGIN tokens of context around it: the decoder's receptive field is 15
