@@ -259,7 +259,7 @@ class Tokenizer(nn.Module):
         decoder's own weights; n >= 1: one added by add_fidelity_decoder); realism > 0 is the
         realism decoder (its deltas extend decoder 0)."""
         if realism == 0 and fidelity:
-            return self.newer_fidelity[str(fidelity)](self.embed(tokens, k)).clamp(0, 1)
+            return self.fidelity_decoder(fidelity)(self.embed(tokens, k)).clamp(0, 1)
         return self.decoder(self.embed(tokens, k), realism, generator, tile=tile).clamp(0, 1)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..codec import Codec
+from ..codec import TOKEN_CHOICES, Codec
 from ..ratecontrol import QUALITY_QUANTILES, Setting
 from ..imageio import load_image
 from ..metrics import image_to_tensor, psnr
@@ -59,5 +59,5 @@ def add_args(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--limit", type=int, default=24)
     q.add_argument("--weights", default=None)
     q.add_argument("--device", default="auto")
-    q.add_argument("--tokens", choices=("rd", "nearest"), default="rd", help="token rule (Codec.analyse)")
+    q.add_argument("--tokens", choices=TOKEN_CHOICES, default="rd", help="token rule (Codec.analyse)")
     q.set_defaults(func=fit)
