@@ -110,3 +110,61 @@ def test_cli_token_rule(tmp_path, tiny_weights, codec):
     p = tokc("encode", tmp_path / "in.png", tmp_path / "x.tkc", "--tokens", "best", weights=tiny_weights)
     assert p.returncode == 2 and "--tokens" in p.stderr.decode()
     assert not (tmp_path / "x.tkc").exists()
+
+
+def _drawn_error(codec, a, tokens, keep, k, cell=0):
+    tok = codec.model.tokenizer
+    full = codec.generate(tokens, keep, k, 0, 0.0) if not keep.all() else tokens
+    target = torch.from_numpy(a["padded"].copy()).permute(2, 0, 1)[None].float() / 255
+    return pixel_error(tok.fidelity_decoder(codec.model.fidelity), tok.codebook(k), full, target, a["size"], cell)
+
+
+@pytest.mark.parametrize("mode,cell", [("checkerboard", 0), ("edge", 2), ("entire", 0)])
+def test_polish_lowers_what_the_decoder_draws_and_round_trips(codec, mode, cell, monkeypatch):
+    """The final file's kept tokens, refined against the tokens the decoder generates from them:
+    without the rate term the drawn error (less what a grid of `cell` restores) falls, the
+    dropped positions are not coded, and the file decodes to the polished tokens."""
+    monkeypatch.setattr(codec_module, "POLISH_LAMBDA", 0.0)
+    monkeypatch.setattr(codec_module, "POLISH_MIN_GAIN", 0.0)
+    img = photo(160, 128, seed=5)
+    a = codec.analyse(img)
+    s = Setting(16, mode, 0.5)
+    r = codec.encode_setting(a, s)
+    r2, a2 = codec.polish(a, r, cell)
+    assert r2.setting == s and r2.tokens_kept == r.tokens_kept
+    before, after = codec.tokens_for(a, 16), a2["tokens"][16]
+    _, keep = codec._mask(a, s, before.shape)
+    assert (before != after)[keep].any()
+    assert _drawn_error(codec, a, after, keep, 16, cell) < _drawn_error(codec, a, before, keep, 16, cell)
+    tokens, keep2 = codec.decode_tokens(codec.read(r2.data))
+    assert np.array_equal(keep2, keep) and np.array_equal(tokens[keep], after[keep])
+    assert codec.tokens_for(a, 16) is before  # the analysis other targets share is unchanged
+    monkeypatch.setattr(codec_module, "POLISH_MIN_GAIN", 1.0)  # no gain is worth an encode
+    assert codec.polish(a, r, cell) is None
+
+
+def test_polished_files_fit_and_measure_no_worse(codec, monkeypatch):
+    """Rate control keeps a polished file only if it fits and its own decode (realism 0) is
+    better by PSNR less the colour term and no worse by MS-SSIM."""
+    from tokcodec import metrics
+    from tokcodec.ratecontrol import COLOUR_WEIGHT
+    img = photo(160, 128, seed=5)
+    rgb = np.asarray(img)
+
+    def quality(data):
+        out = codec.decode(data, realism=0.0)
+        d = np.asarray(out).astype(np.float64) - rgb
+        return (10 * np.log10(255 ** 2 / np.square(d).mean()) - COLOUR_WEIGHT * metrics.colour_error(rgb, np.asarray(out)),
+                metrics.compare(img, out)["ms_ssim"])
+    changed = 0
+    for nbytes in (60, 90):
+        polished = codec.encode(img, nbytes=nbytes).data
+        with monkeypatch.context() as m:
+            m.setattr(codec_module, "POLISH_ROUNDS", 0)
+            plain = codec.encode(img, nbytes=nbytes).data
+        assert len(polished) <= nbytes and len(plain) <= nbytes
+        if polished != plain:
+            changed += 1
+            (q1, m1), (q0, m0) = quality(polished), quality(plain)
+            assert q1 > q0 and m1 >= m0 - 1e-9
+    assert changed  # at 60 bytes the polished file is kept

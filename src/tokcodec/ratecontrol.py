@@ -23,7 +23,7 @@ from . import container, correction, entropy, errors, mask, schedule
 from .container import Container, Header
 from .correction import with_correction
 from .errors import ArgumentTypeError, CodecError
-from .metrics import colour_error_lab, region_lab
+from .metrics import colour_error_lab, image_to_tensor, ms_ssim, region_lab
 from .prior import COUNT_BITS
 
 # edge-block shares tried by rate control. Steps of 1% below 10% were tried (session 6): at
@@ -323,7 +323,34 @@ class RateControl:
                     break
         if not done:  # no grid fits: the tokens alone
             return self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
-        return done[0] if len(done) == 1 else max(done, key=measured)
+        best = done[0] if len(done) == 1 else max(done, key=measured)
+        return self._polished(a, best, budget, grey, quality_of)
+
+    def _polished(self, a: dict, best: EncodeResult, budget: int | None, grey: bool, quality_of) -> EncodeResult:
+        """`best` with its kept tokens polished (`Codec.polish`) and its correction grid refitted
+        to them, if that file fits the budget and its own decode (temperature 0, realism 0,
+        corrected) is better by `quality_of` and no worse by MS-SSIM; else `best`."""
+        corr = correction.read_correction(container.unpack(best.data, max_pixels=1 << 62))
+        cell = corr.cell if corr is not None else 0
+        got = self.polish(a, best, cell)
+        if got is None:
+            return best
+        r2, a2 = got
+        corr2 = correction.fit(a["rgb"], self.reconstruct(r2, a2), cell, corr.steps, grey) if cell else corr
+        data = r2.data if corr2 is None else with_correction(r2.data, corr2)
+        if budget is not None and len(data) > budget:
+            return best
+
+        def decoded(r: EncodeResult, a: dict, c) -> np.ndarray:
+            out = self.reconstruct(r, a)
+            return out if c is None else correction.apply(out, c)
+        old, new = decoded(best, a, corr), decoded(r2, a2, corr2)
+        ref = image_to_tensor(Image.fromarray(a["rgb"])).double()
+        if (quality_of(new) > quality_of(old) and
+                float(ms_ssim(ref, image_to_tensor(Image.fromarray(new)).double())[0])
+                >= float(ms_ssim(ref, image_to_tensor(Image.fromarray(old)).double())[0])):
+            return dataclasses.replace(r2, data=data)
+        return best
 
     def _reclaim(self, a: dict, done: EncodeResult, budget: int, tokens_budget: int, cfg, grey: bool,
                  codebook, mode, quantile, allowed) -> EncodeResult:

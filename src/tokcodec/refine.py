@@ -26,9 +26,13 @@ file is whatever tokens it chose. Decoding is unchanged. Every token kept, 12 Ko
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import correction
 
 REFINE_STEPS = 6  # descent steps (one decoder forward and backward each): 4 give 85% of 12's gain, 6 give 92%
 REFINE_SHARE = 0.05  # share of positions that would change at the first step's trust
@@ -39,40 +43,68 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _error(decoder: torch.nn.Module, codes: torch.Tensor, target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _smoothing(n: int, cell: int) -> torch.Tensor:
+    """(n, n) matrix that maps a row (or column) of n pixel values to what the tone and colour
+    correction's grid of `cell`-token cells restores along it, unquantised: the mean of each
+    cell (correction.cell_means), interpolated back to every pixel (correction.interpolation)."""
+    f = 16 * cell
+    g = -(-n // f)
+    means = np.zeros((g, n))
+    for i in range(g):
+        means[i, i * f:min(n, (i + 1) * f)] = 1.0 / (min(n, (i + 1) * f) - i * f)
+    return torch.from_numpy(correction.interpolation(n, g) @ means).float()
+
+
+def _error(decoder: torch.nn.Module, codes: torch.Tensor, target: torch.Tensor, size: tuple[int, int],
+           cell: int = 0) -> torch.Tensor:
     """Squared error of the decode of code vectors (1, D, h, w) against `target`, over the
-    image's own `size` (width, height): the padding beyond it is not shown."""
+    image's own `size` (width, height): the padding beyond it is not shown. `cell` > 0: the
+    error a correction grid of that cell size (tokens) leaves, that is less the grid's
+    unquantised cell means of the difference, interpolated (correction.fit and apply; the
+    grid works per YCbCr channel, and a per-channel linear map commutes with the colour
+    transform, so RGB gives the same)."""
     w, h = size
     with _autocast(target.device):
         y = decoder(codes)
-    return ((y.float().clamp(0, 1) - target)[..., :h, :w] ** 2).sum()
+    r = (target - y.float().clamp(0, 1))[0, :, :h, :w]
+    if cell:
+        r = r - _smoothing(h, cell).to(r.device) @ r @ _smoothing(w, cell).to(r.device).T
+    return (r ** 2).sum()
 
 
 @torch.no_grad()
 def pixel_error(decoder: torch.nn.Module, codebook: torch.Tensor, tokens: np.ndarray, target: torch.Tensor,
-                size: tuple[int, int]) -> float:
+                size: tuple[int, int], cell: int = 0) -> float:
     """The error `refine` lowers, of a token grid (h, w)."""
     E = codebook.float().to(target.device)
     t = torch.from_numpy(np.ascontiguousarray(tokens)).to(target.device)
-    return float(_error(decoder, E[t].permute(2, 0, 1)[None], target, size))
+    return float(_error(decoder, E[t].permute(2, 0, 1)[None], target, size, cell))
 
 
 def refine(decoder: torch.nn.Module, codebook: torch.Tensor, tokens: np.ndarray, target: torch.Tensor,
-           size: tuple[int, int], steps: int = REFINE_STEPS, editable: np.ndarray | None = None) -> np.ndarray:
+           size: tuple[int, int], steps: int = REFINE_STEPS, editable: np.ndarray | None = None,
+           cell: int = 0, bits: np.ndarray | None = None, lam: float = 0.0) -> np.ndarray:
     """Tokens (h, w) whose decode by `decoder` is closer to `target` (1, 3, 16h, 16w, values in
     [0, 1]) in squared error over the image's own `size` (width, height; padding is not shown),
     starting from `tokens`. Never worse than the start by the measure used here. `editable`
-    (h, w) bool: the positions that may change (default all)."""
+    (h, w) bool: the positions that may change (default all). `cell`: measure the error a
+    correction grid of that cell size leaves (`_error`). `bits` (h * w, K) and `lam`: add lam x
+    the bits of each position's codeword (a rate term; from the exact stage tables, `polish`)."""
     dev = target.device
     E = codebook.float().to(dev)  # (K, D), unit vectors
     t = torch.from_numpy(np.ascontiguousarray(tokens)).to(dev)
     free = None if editable is None else torch.from_numpy(np.ascontiguousarray(editable)).to(dev)
+    B = None if bits is None or not lam else torch.as_tensor(bits, dtype=torch.float32, device=dev)
+
+    def rate(t: torch.Tensor) -> float:
+        return 0.0 if B is None else lam * float(B.gather(1, t.reshape(-1, 1)).sum())
 
     def loss_and_grad(t: torch.Tensor) -> tuple[float, torch.Tensor]:
         e = E[t].permute(2, 0, 1)[None].clone().requires_grad_(True)
-        err = _error(decoder, e, target, size)
+        err = _error(decoder, e, target, size, cell)
         (g,) = torch.autograd.grad(err, e)
-        return float(err.detach()), g[0].permute(1, 2, 0).reshape(-1, E.shape[1])  # (h w, D)
+        return float(err.detach()) + rate(t), g[0].permute(1, 2, 0).reshape(-1, E.shape[1])  # (h w, D)
 
     with torch.enable_grad():
         loss, g = loss_and_grad(t)
@@ -80,13 +112,17 @@ def refine(decoder: torch.nn.Module, codebook: torch.Tensor, tokens: np.ndarray,
         for _ in range(steps):
             flat = t.reshape(-1)
             lin = g @ E.T - (g * E[flat]).sum(1, keepdim=True)  # (N, K) first-order change
+            if B is not None:
+                lin += lam * (B - B.gather(1, flat[:, None]))
             dist = torch.cdist(E[flat], E).square()  # squared distance to every codeword
 
             def predicted(mu: float) -> torch.Tensor:  # 0 exactly for the current codeword
                 return (lin + mu * dist).scatter_(1, flat[:, None], 0.0)
             if mu is None:
-                for mu in MU_LADDER:
-                    if (predicted(mu).min(1)[0] < 0).float().mean() <= REFINE_SHARE:
+                for mu in MU_LADDER:  # share of the positions that may change
+                    improves = predicted(mu).min(1)[0].reshape(t.shape) < 0
+                    if (improves.float().mean() if free is None
+                            else (improves & free).float().sum() / free.sum().clamp_min(1)) <= REFINE_SHARE:
                         break
                 mu = float(mu)
             gain, best = predicted(mu).min(1)
