@@ -119,7 +119,7 @@ def _drawn_error(codec, a, tokens, keep, k, cell=0):
     return pixel_error(tok.fidelity_decoder(codec.model.fidelity), tok.codebook(k), full, target, a["size"], cell)
 
 
-@pytest.mark.parametrize("mode,cell", [("checkerboard", 0), ("edge", 2), ("entire", 0)])
+@pytest.mark.parametrize("mode,cell", [("checkerboard", 0), ("edge", 2), ("edge_more", 0)])
 def test_polish_lowers_what_the_decoder_draws_and_round_trips(codec, mode, cell, monkeypatch):
     """The final file's kept tokens, refined against the tokens the decoder generates from them:
     without the rate term the drawn error (less what a grid of `cell` restores) falls, the
@@ -141,6 +141,12 @@ def test_polish_lowers_what_the_decoder_draws_and_round_trips(codec, mode, cell,
     assert codec.tokens_for(a, 16) is before  # the analysis other targets share is unchanged
     monkeypatch.setattr(codec_module, "POLISH_MIN_GAIN", 1.0)  # no gain is worth an encode
     assert codec.polish(a, r, cell) is None
+
+
+def test_polish_leaves_files_that_keep_every_token(codec, monkeypatch):
+    monkeypatch.setattr(codec_module, "POLISH_MIN_GAIN", 0.0)
+    a = codec.analyse(photo(160, 128, seed=5))
+    assert codec.polish(a, codec.encode_setting(a, Setting(16, "entire")), 0) is None
 
 
 def test_polished_files_fit_and_measure_no_worse(codec, monkeypatch):

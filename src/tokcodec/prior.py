@@ -255,30 +255,50 @@ class ExactPrior:
         # weight matrices also as float64 (exact: |w| < 2**15), converted once, not per matmul
         self.w64 = {k: v.to(torch.float64) for k, v in self.t.items() if k.endswith(".w")}
         self.exp = exp_table().to(self.device)
+        self.exp64 = self.exp.to(torch.float64)  # the same table as float64 (exact: < 2**17)
         self.rel_idx = rel_index(cfg.window).to(self.device)
+        # each layer's relative-position bias, gathered once: (heads, L, L)
+        self.rel = [self.t[f"b{i}.rel"][:, self.rel_idx] for i in range(cfg.depth)]
         self._twin: Prior | None = None  # float_twin(), built on first use
 
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         t = self.t
         acc = _imatmul(x, self.w64[f"{name}.w"])  # already float64: no conversion
-        return _rshift_round(acc * t[f"{name}.m"], SCALE_SHIFT) + t[f"{name}.b"]
+        # _rshift_round(acc * m, SCALE_SHIFT) + b, in place on the fresh product
+        acc *= t[f"{name}.m"]
+        acc += 1 << (SCALE_SHIFT - 1)
+        acc >>= SCALE_SHIFT
+        acc += t[f"{name}.b"]
+        return acc
 
     def _layernorm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         c = x.shape[-1]
-        mean = torch.div(x.sum(-1, keepdim=True), c, rounding_mode="floor")
-        d = x - mean
-        var = torch.div((d * d).sum(-1, keepdim=True), c, rounding_mode="floor")
+        if c & (c - 1) == 0:  # floor division by a power of two is an arithmetic shift
+            shift = c.bit_length() - 1
+            mean = x.sum(-1, keepdim=True) >> shift
+            d = x - mean
+            var = (d * d).sum(-1, keepdim=True) >> shift
+        else:
+            mean = torch.div(x.sum(-1, keepdim=True), c, rounding_mode="floor")
+            d = x - mean
+            var = torch.div((d * d).sum(-1, keepdim=True), c, rounding_mode="floor")
         std = _isqrt(var + 1).clamp_min(1)  # eps = 2**-16 in real units
         n = torch.div(d << ACT_BITS, std, rounding_mode="floor")
-        return _rshift_round(n * self.t[f"{name}.g"], GAMMA_BITS) + self.t[f"{name}.b"]
+        n *= self.t[f"{name}.g"]  # _rshift_round(n * g, GAMMA_BITS) + b, in place
+        n += 1 << (GAMMA_BITS - 1)
+        n >>= GAMMA_BITS
+        n += self.t[f"{name}.b"]
+        return n
 
     def _softmax_weights(self, s: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """Integer logits (units 2**-8) -> unnormalised integer weights via the exp table."""
+        """Integer logits (units 2**-8) -> unnormalised integer weights via the exp table, as
+        float64 (exact integers below 2**17). Keys where `valid` is False get weight 0: EXP's
+        last entry, 2**16 exp(-16), rounds to 0."""
         if valid is not None:
             s = torch.where(valid, s, torch.full_like(s, -(1 << 40)))
         m = s.amax(-1, keepdim=True)
         idx = (m - s).clamp_max(self.exp.numel() - 1)
-        return self.exp[idx]
+        return self.exp64[idx]
 
     def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int) -> torch.Tensor:
         """Attention inside windows: qkv (n, L, 3C) with key validity (n, L) -> (n, L, C)."""
@@ -286,10 +306,16 @@ class ExactPrior:
         hd = cfg.dim // cfg.heads
         n, L, _ = xw.shape
         q, k, v = xw.view(n, L, 3, cfg.heads, hd).permute(2, 0, 3, 1, 4)
-        s = _rshift_round(_imatmul(q, k.transpose(-1, -2)), ACT_BITS)  # (n, heads, L, L)
-        s = s + self.t[f"b{i}.rel"][:, self.rel_idx]
-        e = self._softmax_weights(s, valid.view(n, 1, 1, L))
-        out = _div_round(_imatmul(e, v), e.sum(-1, keepdim=True))
+        s = _imatmul(q, k.transpose(-1, -2))  # (n, heads, L, L)
+        s += 1 << (ACT_BITS - 1)  # _rshift_round(s, ACT_BITS), in place
+        s >>= ACT_BITS
+        s += self.rel[i]
+        # windows without padding keys (every window of an unshifted layer on a grid whose
+        # sides are multiples of the window) need no key mask: skipping it is exact
+        e = self._softmax_weights(s, None if bool(valid.all()) else valid.view(n, 1, 1, L))
+        # e is float64 already; its sums and products with v are exact (< 2**53)
+        num = torch.matmul(e, v.to(torch.float64)).to(torch.int64)
+        out = _div_round(num, e.sum(-1, keepdim=True).to(torch.int64))
         return out.transpose(1, 2).reshape(n, L, cfg.dim)
 
     def _attention(self, x: torch.Tensor, i: int) -> torch.Tensor:
