@@ -174,3 +174,17 @@ def test_polished_files_fit_and_measure_no_worse(codec, monkeypatch):
             (q1, m1), (q0, m0) = quality(polished), quality(plain)
             assert q1 > q0 and m1 >= m0 - 1e-9
     assert changed  # at 60 bytes the polished file is kept
+
+
+def test_codebooks_that_cannot_fit_are_not_refined(codec, monkeypatch):
+    """Rate control sizes a codebook with its nearest codewords before refining it: one whose
+    nearest-codeword file clearly overflows is ruled out without the refinement, and the file
+    is the one the full search gives."""
+    from tokcodec import ratecontrol
+    img = photo(320, 256, seed=5)
+    a = codec.analyse(img)
+    r = codec.encode_analysed(a, 80)  # K=64's smallest file with nearest codewords: 94 bytes
+    assert r.setting.codebook == 16 and 64 not in a["tokens"] and 64 in a["nearest"]
+    monkeypatch.setattr(ratecontrol, "ROUGH_MARGIN", float("inf"))
+    full = codec.analyse(img)
+    assert codec.encode_analysed(full, 80).data == r.data and 64 in full["tokens"]

@@ -207,6 +207,24 @@ class Codec(RateControl):
             a["tokens"][k] = near
         return a["tokens"][k]
 
+    def rough_bytes(self, a: dict, s: Setting) -> float | None:
+        """Estimated size of a setting with the nearest codewords, where that saves work: an
+        analysis with rd tokens whose codebook has not been refined yet, a grid the refinement
+        would run on, and a keep mask that needs no block ranking (the rd ranking refines too).
+        None otherwise. Rate control uses it to rule out codebooks that cannot fit (at 0.005
+        bpp the three largest) before refining them."""
+        k = s.codebook
+        if a.get("tokens_rule") != "rd" or k in a["tokens"] or "z" not in a:
+            return None
+        if s.mode in mask.USES_BLOCKS and round(s.quantile * a["strength"].size) > 0:
+            return None
+        near = a.setdefault("nearest", {})
+        if k not in near:
+            near[k] = self.model.tokenizer.quantize(a["z"], k)[0].cpu().numpy().astype(np.int64)
+        if near[k].size > REFINE_MAX_TOKENS:
+            return None
+        return self.estimate_bytes(a, s, near[k])
+
     def polish(self, a: dict, r: EncodeResult, cell: int) -> "tuple[EncodeResult, dict] | None":
         """The file of setting `r.setting` with its kept tokens refined for what the decoder
         draws from them (`refine`, POLISH_ROUNDS rounds of POLISH_STEPS steps): the error is

@@ -36,6 +36,9 @@ QUANTILES = tuple(i / 20 for i in range(19))
 # above it (Kodak: 24 of 24 settings measured, K = 16-256, every mask mode).
 ESTIMATE_MARGIN = 0.002
 ESTIMATE_SLACK = 8
+# rd tokens cost 0-6% more bytes than the nearest codewords (docs/rdo.md); a setting whose
+# estimate with the nearest codewords is over the budget by more than this is taken as over
+ROUGH_MARGIN = 0.05
 # Tone and colour correction grids tried by rate control: cell sides in tokens (x16 px) and
 # quantiser steps (Y, CbCr) in 8-bit levels; and the predicted cost of taking bytes from the
 # tokens, in dB of PSNR per e-fold of token bytes (Kodak, v2 weights: 4.2 dB from 0.005 to
@@ -419,6 +422,11 @@ class RateControl:
 
         def estimate(s: Setting) -> float:
             if s not in estimates:
+                # a codebook not yet refined (rd tokens) whose nearest codewords already
+                # overflow clearly is decided without its refinement (a decoder pass per step)
+                rough = self.rough_bytes(a, s)
+                if rough is not None and rough > budget * (1 + ROUGH_MARGIN) + ESTIMATE_SLACK:
+                    return rough
                 estimates[s] = self.estimate_bytes(a, s)
             return estimates[s]
 
@@ -483,12 +491,13 @@ class RateControl:
         return best
 
     @torch.no_grad()
-    def estimate_bytes(self, a: dict, setting: Setting) -> float:
+    def estimate_bytes(self, a: dict, setting: Setting, tokens: np.ndarray | None = None) -> float:
         """Estimated file size of a setting from the float twin of the prior: the information
         content of the kept tokens and the block map, the coder's small overhead and the
-        container's fixed bytes. Stage tables are cached in the analysis, keyed by context."""
+        container's fixed bytes. Stage tables are cached in the analysis, keyed by context.
+        `tokens`: the grid to size (default: the analysis' tokens for the codebook)."""
         k = setting.codebook
-        tokens = self.tokens_for(a, k)
+        tokens = self.tokens_for(a, k) if tokens is None else tokens
         grid = tokens.shape
         blocks, keep = self._mask(a, setting, grid)
         bits = [mask.encode_blocks(entropy.Encoder(), blocks) if blocks is not None else 0.0]
