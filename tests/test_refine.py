@@ -119,8 +119,8 @@ def _drawn_error(codec, a, tokens, keep, k, cell=0):
     return pixel_error(tok.fidelity_decoder(codec.model.fidelity), tok.codebook(k), full, target, a["size"], cell)
 
 
-@pytest.mark.parametrize("mode,cell", [("checkerboard", 0), ("edge", 2), ("edge_more", 0)])
-def test_polish_lowers_what_the_decoder_draws_and_round_trips(codec, mode, cell, monkeypatch):
+@pytest.mark.parametrize("mode,quantile,cell", [("checkerboard", 0.0, 0), ("edge", 0.2, 2), ("edge_more", 0.5, 0)])
+def test_polish_lowers_what_the_decoder_draws_and_round_trips(codec, mode, quantile, cell, monkeypatch):
     """The final file's kept tokens, refined against the tokens the decoder generates from them:
     without the rate term the drawn error (less what a grid of `cell` restores) falls, the
     dropped positions are not coded, and the file decodes to the polished tokens."""
@@ -128,7 +128,7 @@ def test_polish_lowers_what_the_decoder_draws_and_round_trips(codec, mode, cell,
     monkeypatch.setattr(codec_module, "POLISH_MIN_GAIN", 0.0)
     img = photo(160, 128, seed=5)
     a = codec.analyse(img)
-    s = Setting(16, mode, 0.5)
+    s = Setting(16, mode, quantile)
     r = codec.encode_setting(a, s)
     r2, a2 = codec.polish(a, r, cell)
     assert r2.setting == s and r2.tokens_kept == r.tokens_kept
@@ -143,10 +143,11 @@ def test_polish_lowers_what_the_decoder_draws_and_round_trips(codec, mode, cell,
     assert codec.polish(a, r, cell) is None
 
 
-def test_polish_leaves_files_that_keep_every_token(codec, monkeypatch):
+def test_polish_leaves_files_that_keep_most_tokens(codec, monkeypatch):
     monkeypatch.setattr(codec_module, "POLISH_MIN_GAIN", 0.0)
     a = codec.analyse(photo(160, 128, seed=5))
-    assert codec.polish(a, codec.encode_setting(a, Setting(16, "entire")), 0) is None
+    for s in (Setting(16, "entire"), Setting(16, "edge", 0.5)):  # all, and 75% of the tokens kept
+        assert codec.polish(a, codec.encode_setting(a, s), 0) is None
 
 
 def test_polished_files_fit_and_measure_no_worse(codec, monkeypatch):

@@ -46,6 +46,9 @@ POLISH_ROUNDS = 2
 POLISH_STEPS = 4
 POLISH_LAMBDA = 0.02  # rate weight: lambda = POLISH_LAMBDA x error / file bytes (per bit)
 POLISH_MIN_GAIN = 0.005  # a polish that lowers its measure by less (about 0.02 dB) is dropped
+# files that keep this share of their tokens or more are not polished: on Kodak they gained
+# 0.01-0.02 dB from it at 0.02-0.03 bpp, for 2-3x the encode time (docs/rdo.md)
+POLISH_MAX_KEPT = 0.75
 # Grids over TILE_MAX_TOKENS tokens are decoded to pixels in windows of at most TILE tokens a
 # side, each with TILE_MARGIN tokens of context around it: the decoder's receptive field is 15
 # tokens (10 convolutions at token resolution, 7 at 2 px per token, 5 at 4 px per token), and the
@@ -235,9 +238,9 @@ class Codec(RateControl):
         fixed). A round is kept only if, with its dropped tokens generated again, the measure
         falls. Returns the new exact encode and the analysis it belongs to (the polished tokens
         at this codebook), or None where the measure fell by less than POLISH_MIN_GAIN (an exact
-        encode is not worth it) or the polish does not apply: settings that keep every token
-        (nothing is generated; on Kodak it gained 0.03 dB there for 6 s more per encode),
-        nearest tokens, grids over REFINE_MAX_TOKENS, analyses made from a file. Rate control
+        encode is not worth it) or the polish does not apply: settings that keep
+        POLISH_MAX_KEPT of the tokens or more (little is generated; on Kodak such files gained
+        0.01-0.03 dB for 2-3x the encode time), nearest tokens, grids over REFINE_MAX_TOKENS, analyses made from a file. Rate control
         (`_polished`) keeps the file only if it fits and measures better."""
         s = r.setting
         k = s.codebook
@@ -246,7 +249,7 @@ class Codec(RateControl):
             return None
         grid = tokens.shape
         _, keep = self._mask(a, s, grid)
-        if keep.all():  # nothing is generated: the codebook's refinement already did this work
+        if keep.mean() >= POLISH_MAX_KEPT:  # little is generated: the codebook's refinement did the work
             return None
         bits = np.zeros((tokens.size, k), dtype=np.float32)  # exact bits of every codeword, kept positions
 
