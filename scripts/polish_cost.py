@@ -1,5 +1,5 @@
 """Polish variants (rounds, steps) on a few images: PSNR/MS-SSIM/bytes and encode time (1 thread).
-python out/polish_cost.py TARGETS IMAGES R:S,R:S,..."""
+python scripts/polish_cost.py TARGETS IMAGES R:S,R:S,..."""
 import sys, json, time, numpy as np, torch
 from PIL import Image
 from tokcodec.codec import Codec

@@ -202,13 +202,23 @@ class Codec(RateControl):
         codewords refined for the fidelity decoder's pixels (refine.py). Cached per K."""
         if k not in a["tokens"]:
             tok = self.model.tokenizer
-            near = tok.quantize(a["z"], k)[0].cpu().numpy().astype(np.int64)
+            near = self._nearest(a, k)
             if a.get("tokens_rule") == "rd" and near.size <= REFINE_MAX_TOKENS:
-                target = torch.from_numpy(np.array(a["padded"])).permute(2, 0, 1)[None].to(self.device)
                 near = refine(tok.fidelity_decoder(self.model.fidelity), tok.codebook(k), near,
-                              target.float().div(255), a["size"])
+                              self._target(a), a["size"])
             a["tokens"][k] = near
         return a["tokens"][k]
+
+    def _target(self, a: dict) -> torch.Tensor:
+        """The padded image as the refinement's target: (1, 3, H, W) floats in [0, 1]."""
+        return torch.from_numpy(np.array(a["padded"])).permute(2, 0, 1)[None].to(self.device).float().div(255)
+
+    def _nearest(self, a: dict, k: int) -> np.ndarray:
+        """The codewords nearest the encoder's latent at codebook K, cached in the analysis."""
+        near = a.setdefault("nearest", {})
+        if k not in near:
+            near[k] = self.model.tokenizer.quantize(a["z"], k)[0].cpu().numpy().astype(np.int64)
+        return near[k]
 
     def rough_bytes(self, a: dict, s: Setting) -> float | None:
         """Estimated size of a setting with the nearest codewords, where that saves work: an
@@ -221,12 +231,8 @@ class Codec(RateControl):
             return None
         if s.mode in mask.USES_BLOCKS and round(s.quantile * a["strength"].size) > 0:
             return None
-        near = a.setdefault("nearest", {})
-        if k not in near:
-            near[k] = self.model.tokenizer.quantize(a["z"], k)[0].cpu().numpy().astype(np.int64)
-        if near[k].size > REFINE_MAX_TOKENS:
-            return None
-        return self.estimate_bytes(a, s, near[k])
+        near = self._nearest(a, k)
+        return None if near.size > REFINE_MAX_TOKENS else self.estimate_bytes(a, s, near)
 
     def polish(self, a: dict, r: EncodeResult, cell: int) -> "tuple[EncodeResult, dict] | None":
         """The file of setting `r.setting` with its kept tokens refined for what the decoder
@@ -240,8 +246,9 @@ class Codec(RateControl):
         at this codebook), or None where the measure fell by less than POLISH_MIN_GAIN (an exact
         encode is not worth it) or the polish does not apply: settings that keep
         POLISH_MAX_KEPT of the tokens or more (little is generated; on Kodak such files gained
-        0.01-0.03 dB for 2-3x the encode time), nearest tokens, grids over REFINE_MAX_TOKENS, analyses made from a file. Rate control
-        (`_polished`) keeps the file only if it fits and measures better."""
+        0.01-0.03 dB for 2-3x the encode time), nearest tokens, grids over REFINE_MAX_TOKENS,
+        analyses made from a file. Rate control (`_polished`) keeps the file only if it fits
+        and measures better."""
         s = r.setting
         k = s.codebook
         tokens = self.tokens_for(a, k)
@@ -260,26 +267,26 @@ class Codec(RateControl):
         self._code_stages(grid, k, keep, step, a["counts"].setdefault(k, {}))  # tables cached by the encode
         tok = self.model.tokenizer
         decoder, codebook = tok.fidelity_decoder(self.model.fidelity), tok.codebook(k)
-        target = torch.from_numpy(np.array(a["padded"])).permute(2, 0, 1)[None].to(self.device).float().div(255)
+        target = self._target(a)
+        kept = np.flatnonzero(keep.ravel())
 
-        def drawn(t: np.ndarray) -> np.ndarray:
-            return t if keep.all() else self.generate(t, keep, k, 0, 0.0)
+        def rate(t: np.ndarray) -> float:
+            return float(bits.ravel()[kept * k + t.ravel()[kept]].sum())
 
-        def measure(t: np.ndarray, full: np.ndarray) -> float:
-            rate = bits.ravel()[np.flatnonzero(keep.ravel()) * k + t.ravel()[keep.ravel()]].sum()
-            return pixel_error(decoder, codebook, full, target, a["size"], cell) + lam * float(rate)
+        def error(full: np.ndarray) -> float:
+            return pixel_error(decoder, codebook, full, target, a["size"], cell)
 
-        cur, full = tokens, drawn(tokens)
-        lam = 0.0  # measure's rate weight: set from the starting error
-        lam = POLISH_LAMBDA * measure(cur, full) / max(len(r.data), 1)
-        best = start = measure(cur, full)
+        cur, full = tokens, self.generate(tokens, keep, k, 0, 0.0)
+        err = error(full)
+        lam = POLISH_LAMBDA * err / max(len(r.data), 1)  # the rate weight, from the starting error
+        best = start = err + lam * rate(cur)
         for _ in range(POLISH_ROUNDS):
             new = refine(decoder, codebook, full, target, a["size"], POLISH_STEPS, keep, cell, bits, lam)
             cand = np.where(keep, new, cur)
             if (cand == cur).all():
                 break
-            full2 = drawn(cand)
-            got = measure(cand, full2)
+            full2 = self.generate(cand, keep, k, 0, 0.0)
+            got = error(full2) + lam * rate(cand)
             if got >= best:
                 break
             cur, full, best = cand, full2, got

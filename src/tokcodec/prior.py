@@ -179,8 +179,11 @@ def _rowwise(fn, x: torch.Tensor, out_dim: int) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], out_dim)
 
 
-def _rshift_round(v: torch.Tensor, bits: int) -> torch.Tensor:
-    return (v + (1 << (bits - 1))) >> bits
+def _rshift_round_(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """v / 2**bits rounded half up, in place on v (a fresh integer tensor); returns v."""
+    v += 1 << (bits - 1)
+    v >>= bits
+    return v
 
 
 def _div_round(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -264,31 +267,23 @@ class ExactPrior:
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         t = self.t
         acc = _imatmul(x, self.w64[f"{name}.w"])  # already float64: no conversion
-        # _rshift_round(acc * m, SCALE_SHIFT) + b, in place on the fresh product
-        acc *= t[f"{name}.m"]
-        acc += 1 << (SCALE_SHIFT - 1)
-        acc >>= SCALE_SHIFT
-        acc += t[f"{name}.b"]
-        return acc
+        acc *= t[f"{name}.m"]  # in place on the fresh product
+        return _rshift_round_(acc, SCALE_SHIFT).add_(t[f"{name}.b"])
 
     def _layernorm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         c = x.shape[-1]
         if c & (c - 1) == 0:  # floor division by a power of two is an arithmetic shift
-            shift = c.bit_length() - 1
-            mean = x.sum(-1, keepdim=True) >> shift
-            d = x - mean
-            var = (d * d).sum(-1, keepdim=True) >> shift
+            def mean_of(v):
+                return v.sum(-1, keepdim=True) >> (c.bit_length() - 1)
         else:
-            mean = torch.div(x.sum(-1, keepdim=True), c, rounding_mode="floor")
-            d = x - mean
-            var = torch.div((d * d).sum(-1, keepdim=True), c, rounding_mode="floor")
+            def mean_of(v):
+                return torch.div(v.sum(-1, keepdim=True), c, rounding_mode="floor")
+        d = x - mean_of(x)
+        var = mean_of(d * d)
         std = _isqrt(var + 1).clamp_min(1)  # eps = 2**-16 in real units
         n = torch.div(d << ACT_BITS, std, rounding_mode="floor")
-        n *= self.t[f"{name}.g"]  # _rshift_round(n * g, GAMMA_BITS) + b, in place
-        n += 1 << (GAMMA_BITS - 1)
-        n >>= GAMMA_BITS
-        n += self.t[f"{name}.b"]
-        return n
+        n *= self.t[f"{name}.g"]
+        return _rshift_round_(n, GAMMA_BITS).add_(self.t[f"{name}.b"])
 
     def _softmax_weights(self, s: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Integer logits (units 2**-8) -> unnormalised integer weights via the exp table, as
@@ -306,9 +301,7 @@ class ExactPrior:
         hd = cfg.dim // cfg.heads
         n, L, _ = xw.shape
         q, k, v = xw.view(n, L, 3, cfg.heads, hd).permute(2, 0, 3, 1, 4)
-        s = _imatmul(q, k.transpose(-1, -2))  # (n, heads, L, L)
-        s += 1 << (ACT_BITS - 1)  # _rshift_round(s, ACT_BITS), in place
-        s >>= ACT_BITS
+        s = _rshift_round_(_imatmul(q, k.transpose(-1, -2)), ACT_BITS)  # (n, heads, L, L)
         s += self.rel[i]
         # windows without padding keys (every window of an unshifted layer on a grid whose
         # sides are multiples of the window) need no key mask: skipping it is exact
