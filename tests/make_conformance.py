@@ -116,7 +116,7 @@ def blocks_through_55_55() -> np.ndarray:
 
 def main() -> None:
     from tiny import photo
-    from tokcodec import entropy
+    from tokcodec import container, entropy
     from tokcodec.codec import Codec, Setting, describe
     from tokcodec.weights import bitstream_tensors, model_id
     from safetensors.torch import load_file
@@ -172,11 +172,16 @@ def main() -> None:
             import refdecoder
             full = entry["generated"][0]["tokens"] if entry["generated"] else entry["tokens"]
             rgb = refdecoder.render(full, *hd.grid, hd.codebook, refdecoder.Model(MODEL), hd.width, hd.height)
+            shown = container.display_size(hd)
+            if shown is not None:  # section 12: the rendered image upsampled to its display size
+                rgb = refdecoder.upsample(rgb, *shown)
             from PIL import Image
             png = name.replace(".tkc", ".png")
             Image.fromarray(rgb).save(OUT / png)
             entry["pixels"] = {"png": png, "seed": 0, "t": 0, "realism": 0,
                                "tolerance": {"max_abs": 1, "max_share_differing": 0.01}}
+            if shown is not None:
+                entry["pixels"]["display"] = list(shown)
         manifest["files"].append(entry)
         return data
 
@@ -218,6 +223,13 @@ def main() -> None:
               "version 1.2 (no decoder field: fidelity decoder 0), as tokc wrote before 1.3", gen=[])
     decodable("minor_1_no_mask_check.tkc", assemble(b"\x01\x01", p["body"][:-2], p["payload"]),
               "version 1.1 (no mask check): the same file as tokc wrote before 1.2", gen=[])
+    # extension 3 (display size, section 12), rebuilt from the 40x24 file
+    ent = split(files["entire_k64_40x24.tkc"])
+
+    def shown(*sizes, extra=b""):
+        return body_exts(ent["body"], [(3, varint(w) + varint(h) + extra) for w, h in sizes])
+    decodable("display_k64_40x24_to_100x61.tkc", assemble(ent["version"], shown((100, 61)), ent["payload"]),
+              "extension 3: the 40x24 image shown at 100x61 (section 12)", pixels=True)
     # ---- valid files, coder 1 (legacy: still decoded, sampled with the legacy generator)
     decodable("coder1_edge_k64_96x64.tkc", encode(96, 64, 64, "edge", 0.3, coder=1),
               "coder 1 (binary64 quantisation, legacy PCG64 sampling)")
@@ -268,6 +280,18 @@ def main() -> None:
             "K = 32: valid in the format, absent from the model", "accept")
     refused("refuse_critical_extension.tkc", assemble(v, body_exts(b, [(5, b"x")]), pl), "extension",
             "unknown critical extension (tag 5)")
+    refused("refuse_display_smaller.tkc", assemble(ent["version"], shown((39, 24)), ent["payload"]), "extension",
+            "display size 39x24 for a 40x24 image (smaller than coded)")
+    refused("refuse_display_over_16x.tkc", assemble(ent["version"], shown((641, 24)), ent["payload"]), "extension",
+            "display width 641 for a 40-px-wide image (over 16 times)")
+    refused("refuse_display_trailing_byte.tkc", assemble(ent["version"], shown((100, 61), extra=b"\x00"),
+                                                         ent["payload"]), "extension",
+            "a byte after the display size's two varints")
+    refused("refuse_display_twice.tkc", assemble(ent["version"], shown((100, 61), (100, 61)), ent["payload"]),
+            "extension", "two display sizes")
+    refused("refuse_display_over_limit.tkc",
+            assemble(v, body_exts(body_dims(b, varint(4000), varint(4000)), [(3, varint(16000) + varint(16000))]), pl),
+            "dimensions", "a 4000x4000 image shown at 16000x16000: over the default pixel limit of 64,000,000")
     refused("refuse_schedule_2.tkc", assemble(v, body_with(b, schedule_id=2), pl), "schedule", "schedule id 2")
     refused("refuse_coder_3.tkc", assemble(v, body_with(b, coder_id=3), pl), "coder", "coder id 3")
     refused("refuse_coder_0.tkc", assemble(v, body_with(b, coder_id=0), pl), "coder", "coder id 0")

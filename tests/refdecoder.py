@@ -138,8 +138,16 @@ def parse(data: bytes, max_pixels: int = 64_000_000) -> Header:
     for _ in range(h.varint()):
         tag = h.varint()
         body = h.take(h.varint())
-        if tag & 1:  # no tag is defined in 1.0: every critical one is unknown
+        if tag & 1 and tag != 3:  # tag 3 (section 12) is the one critical tag defined
             raise Refuse("extension")
+        if tag == 3:
+            if any(t == 3 for t, _ in exts):
+                raise Refuse("extension", "a second display size")
+            dw, dh = display_body(body)
+            if not (width <= dw <= min(16 * width, 65535) and height <= dh <= min(16 * height, 65535)):
+                raise Refuse("extension", "display size out of range")
+            if dw * dh > max_pixels:
+                raise Refuse("dimensions", "display size over the pixel limit")
         exts.append((tag, body))
     check = h.take(1)[0] if data[5] >= 2 else None
     decoder = h.take(1)[0] if data[5] >= 3 else 0
@@ -150,6 +158,60 @@ def parse(data: bytes, max_pixels: int = 64_000_000) -> Header:
         raise Refuse("payload_length")
     return Header(data[5], width, height, model_id, grid_log2, params & 15, MODES[params >> 4],
                   schedule_id, coder_id, token_crc, exts, payload, len(data) - len(payload), check, decoder)
+
+
+def display_body(body: bytes) -> tuple[int, int]:
+    """Section 12.1: two shortest-form varints and nothing else."""
+    out, pos = [], 0
+    for _ in range(2):
+        value = 0
+        for i in range(11):
+            if pos >= len(body) or i == 10:
+                raise Refuse("extension", "display size varint")
+            b = body[pos]
+            pos += 1
+            value |= (b & 0x7F) << (7 * i)
+            if not b & 0x80:
+                if i and b == 0:
+                    raise Refuse("extension", "varint not in shortest form")
+                break
+        out.append(value)
+    if pos != len(body):
+        raise Refuse("extension", "bytes after the display size")
+    return out[0], out[1]
+
+
+def display(hd: Header) -> tuple[int, int] | None:
+    """The display size of extension 3, if the file has one."""
+    for tag, body in hd.extensions:
+        if tag == 3:
+            return display_body(body)
+    return None
+
+
+def upsample(rgb, width: int, height: int):
+    """Section 12.2 in float64: uint8 (h, w, 3) -> uint8 (height, width, 3)."""
+    import math
+
+    import numpy as np
+
+    def k(t):
+        t = abs(t)
+        return 1.5 * t ** 3 - 2.5 * t ** 2 + 1 if t <= 1 else (-0.5 * t ** 3 + 2.5 * t ** 2 - 4 * t + 2 if t < 2 else 0.0)
+
+    def axis(v, n_out):  # resample axis 0 of v
+        n = v.shape[0]
+        out = np.zeros((n_out,) + v.shape[1:])
+        for x in range(n_out):
+            c = (x + 0.5) * n / n_out - 0.5
+            f = math.floor(c)
+            for i in range(f - 1, f + 3):
+                out[x] += k(c - i) * v[min(max(i, 0), n - 1)]
+        return out
+
+    y = axis(np.asarray(rgb, dtype=np.float64), height)
+    y = axis(y.transpose(1, 0, 2), width).transpose(1, 0, 2)
+    return np.clip(np.floor(y + 0.5), 0, 255).astype(np.uint8)
 
 
 def check_ids(hd: Header) -> None:

@@ -23,7 +23,7 @@ TOKC_REASONS = [
     ("magic", r"magic bytes|is an image"), ("truncated", r"^file is truncated$"), ("version", r"format version"),
     ("file_crc", r"file CRC-32 mismatch"), ("header", r"varint|header is cut short|header length|after its last field"),
     ("dimensions", r"image size|over the limit"), ("grid", r"token size"), ("mode", r"mask mode"),
-    ("extension", r"critical extension"), ("schedule", r"uses schedule"), ("coder", r"uses coder"),
+    ("extension", r"critical extension|display size"), ("schedule", r"uses schedule"), ("coder", r"uses coder"),
     ("codebook", r"codebook"), ("payload_length", r"whole number of 32-bit words"), ("model", r"made with model"),
     ("token_crc", r"fail their CRC-32"), ("mask_check", r"mask check"), ("decoder", r"fidelity decoder"),
     ("payload", r"damaged|payload"),
@@ -63,6 +63,7 @@ def test_suite_covers_what_the_spec_lists():
     assert any(h["width"] % 32 and h["height"] % 32 for h in hd)  # odd sizes
     assert any(h["width"] >= 128 for h in hd) and any(h["extensions"] for h in hd) and any(h["minor"] for h in hd)
     assert any(g["t"] and g["seed"] >= 2 ** 63 for e in DECODE for g in e["generated"])
+    assert any("display" in e.get("pixels", {}) for e in DECODE)  # extension 3, upsampled pixels
     assert {e["reason"] for e in REFUSE} == {
         "magic", "truncated", "version", "file_crc", "header", "dimensions", "grid", "mode", "codebook",
         "extension", "schedule", "coder", "payload_length", "model", "payload", "token_crc", "mask_check",
@@ -124,7 +125,12 @@ def test_pixels_within_the_tolerance(entry, model, suite_codec):
     full = entry["generated"][0]["tokens"] if entry["generated"] else entry["tokens"]
     tokc = np.asarray(suite_codec.render(np.array(full).reshape(h["grid"]), h["codebook"],
                                          (h["width"], h["height"]), px["realism"], px["seed"])).astype(int)
-    mine = ref.render(full, *h["grid"], h["codebook"], model, h["width"], h["height"]).astype(int)
+    mine = ref.render(full, *h["grid"], h["codebook"], model, h["width"], h["height"])
+    if "display" in px:  # section 12: upsampled to the display size
+        from tokcodec.resample import upsample
+        tokc = upsample(tokc.astype(np.uint8), tuple(px["display"])).astype(int)
+        mine = ref.upsample(mine, *px["display"])
+    mine = mine.astype(int)
     for got in (tokc, mine):
         diff = np.abs(got - want)
         assert diff.max() <= px["tolerance"]["max_abs"]

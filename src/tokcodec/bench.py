@@ -69,19 +69,20 @@ def bench_image(codec, img: Image.Image, name: str, targets, realisms, classics,
     """Rows for one image: tokc at each realism, then every classic codec at tokc's bytes."""
     from .codec import CodecError
     w, h = img.size
-    a = codec.analyse(img)
+    p = codec.prepare(img)  # shared by the targets: each coded scale is analysed once
     ref = image_to_tensor(img)[None]
     rows = []
     for t in targets:
         try:
             t0 = time.perf_counter()
-            r = codec.encode_analysed(a, int(t * w * h / 8))
+            r = codec.encode_prepared(p, int(t * w * h / 8))
             enc_s = time.perf_counter() - t0
         except CodecError as e:
             rows.append(dict(image=name, target=t, codec="tokc", error=str(e)))
             continue
         budget = len(r.data)
-        setting = f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}"
+        setting = f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}" + (
+            f" at {r.coded_size[0]}x{r.coded_size[1]}" if r.coded_size else "")
         for rr in realisms:
             t0 = time.perf_counter()
             out = codec.decode(r.data, seed=1, temperature=0.0, realism=rr)

@@ -16,13 +16,29 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .container import DEFAULT_MAX_PIXELS, MODES, FormatError
+from .container import DEFAULT_MAX_PIXELS, MODES, FormatError, shown_size
 from .imageio import (ImageError, atomic_write, check_writable_folder, format_for, image_bytes, image_format,
                       load_image)
 
 DATA_ERRORS = (FormatError, ImageError, OSError, ValueError, RuntimeError)
 DEFAULT_BPP = 0.03
 DEFAULT_THREADS = 1  # fastest measured for one Kodak image on the 2-core machine (see README)
+
+
+class ScaleParam(click.ParamType):
+    """--scale: `auto` (None) or a fraction in (0, 1]."""
+    name = "scale"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto":
+            return None
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not auto or a number", param, ctx)
+        if not 0 < v <= 1:
+            self.fail(f"{value} is not in (0, 1]: tokc codes the image at its size or smaller", param, ctx)
+        return v
 
 
 def fail(msg: str, code: int = 1):
@@ -215,19 +231,21 @@ class EncodeOptions:
     max_pixels: int
     blocks: str = "rd"
     tokens: str = "rd"
+    scale: float | None = None
 
 
 def encode_bytes(raw: bytes, name: str, o: EncodeOptions) -> bytes:
     from .codec import get_codec
     img = load_image(raw, o.max_pixels, name)
     r, msg = encode_to_target(get_codec(o.weights, o.device), img, name, o.bpp, o.nbytes, o.k, o.mode, o.quantile,
-                              o.given, o.strict, o.correct, o.blocks, o.tokens)
+                              o.given, o.strict, o.correct, o.blocks, o.tokens, o.scale)
     if msg and not o.quiet:
         note(msg)
     if o.verbose:
         w, h = img.size
         s = r.setting
-        click.echo(f"{name}: {w}x{h}, {len(r.data)} bytes = {8 * len(r.data) / (w * h):.4f} bpp | "
+        coded = f"coded at {r.coded_size[0]}x{r.coded_size[1]}, " if r.coded_size else ""
+        click.echo(f"{name}: {w}x{h}, {len(r.data)} bytes = {8 * len(r.data) / (w * h):.4f} bpp | {coded}"
                    f"K={s.codebook} mode={s.mode} quantile={s.quantile:.2f} | kept {r.tokens_kept}/"
                    f"{r.tokens_total} tokens, {r.token_bits} payload bits ({r.info_bits:.0f} bits "
                    f"information, block map {r.mask_bits:.0f} bits)", err=True)
@@ -262,7 +280,7 @@ def decode_file(src: Path, dst: Path, target: str, opts: DecodeOptions) -> None:
 
 def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | None, k: int | None,
                      mode: str | None, quantile: float | None, given: bool, strict: bool,
-                     correct: bool = True, blocks: str = "rd", tokens: str = "rd"):
+                     correct: bool = True, blocks: str = "rd", tokens: str = "rd", scale: float | None = None):
     """codec.encode, plus what the target meant: (result, note or None). Without --bpp/--bytes,
     an image too small for the default target (1x1, 17x9) gets the smallest file and a note.
     With a target above what the richest setting needs, the file is smaller than the target:
@@ -270,7 +288,7 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
     from .codec import CodecError, TargetError
     w, h = img.size
     try:
-        r = codec.encode(img, bpp, nbytes, k, mode, quantile, correct, blocks, tokens)
+        r = codec.encode(img, bpp, nbytes, k, mode, quantile, correct, blocks, tokens, scale)
     except TargetError as e:
         if given or strict:
             raise
@@ -280,7 +298,7 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
     size = len(r.data)
     under = size < nbytes if nbytes is not None else bpp is not None and 8 * size / (w * h) < bpp
     richest = max((g[-1] for g in codec.groups(k, mode, quantile)), key=codec.expected_quality)
-    if under and r.setting == richest:
+    if under and r.setting == richest and r.coded_size is None:
         target = (f"--bytes {nbytes}" if nbytes is not None else f"--bpp {bpp:g}" if given
                   else f"the default {bpp:g} bpp")
         s = r.setting
@@ -312,6 +330,9 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
                    "to the tokenizer's latent (nearest: faster encode)")
 @click.option("--no-correction", "no_correction", is_flag=True,
               help="leave out the tone and colour correction (faster encode)")
+@click.option("--scale", type=ScaleParam(), default="auto", show_default=True,
+              help="code a smaller copy of the image, shown at full size by the decoder: a fraction of width "
+                   "and height in (0, 1], or auto (rate control tries several; 1 is fastest)")
 @click.option("-f", "--force", is_flag=True, help="write a .tkc to a terminal anyway")
 @click.option("-v", "--verbose", is_flag=True, help="print the chosen setting and sizes")
 @with_options(batch_opts)
@@ -319,8 +340,8 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
 @device_opt
 @maxpix_opt
 @threads_opt
-def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, tokens, no_correction, force, verbose, output_dir,
-           recursive, overwrite, quiet, n_jobs, weights, device, max_pixels, threads):
+def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, tokens, no_correction, scale, force, verbose,
+           output_dir, recursive, overwrite, quiet, n_jobs, weights, device, max_pixels, threads):
     """Encode images to .tkc: `tokc encode IN OUT` (- for stdin/stdout), or
     `tokc encode FILES|FOLDERS... -o OUTDIR` for many files."""
     single = batch_or_single(paths, output_dir)
@@ -334,7 +355,7 @@ def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, tokens,
         bpp = DEFAULT_BPP
     k = int(codebook) if codebook else None
     opts = EncodeOptions(bpp, nbytes, k, mode, quantile, given, strict, not no_correction, quiet, verbose,
-                         weights, device, max_pixels, blocks, tokens)
+                         weights, device, max_pixels, blocks, tokens, scale)
     if single:
         src, dst = single
         check_input(src)
@@ -421,7 +442,7 @@ def trim(input, output, bpp, nbytes, force, verbose, weights, device, max_pixels
     check_output(output, (input,), force, "compressed data")
     data = run_guarded(lambda: read_input(input))
     c = run_guarded(lambda: unpack_checked(data, display_name(input), max_pixels))
-    w, h = c.header.width, c.header.height
+    w, h = shown_size(c.header)
     budget = nbytes if nbytes is not None else int(bpp * w * h / 8)
     set_threads(threads)
 

@@ -11,6 +11,7 @@ decode: .tkc -> validate -> block map -> kept tokens stage by stage (same tables
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import container, correction, detail, entropy, errors, mask, schedule
+from . import container, correction, detail, entropy, errors, mask, resample, schedule
 from .container import Container, Header
 from .errors import ArgumentError, ArgumentTypeError, CodecError, FormatError, TokcError
 from .imageio import ImageError as _ImageError
@@ -30,6 +31,7 @@ from .refine import pixel_error, refine
 from .rng import LegacyGenerator, sample_at
 from .weights import Model, WeightsError as _WeightsError, find as find_weights, load
 from .correction import read_correction, with_correction  # noqa: F401 (part of this module's API)
+from .scalecontrol import ScaleControl
 from .ratecontrol import (QUALITY, QUALITY_BY_DECODER, QUALITY_MODEL, QUANTILES,  # noqa: F401
                           EncodeResult, RateControl, Setting, TargetError, expected_quality)
 
@@ -141,7 +143,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class Codec(RateControl):
+class Codec(ScaleControl, RateControl):
     def __init__(self, weights: str | None = None, device: str = "auto"):
         self.device = _device(device)
         check_weights_arg(weights)
@@ -474,7 +476,16 @@ class Codec(RateControl):
 
         # the new file's tone and colour correction is fitted to this file's decoded image
         a["rgb"] = np.asarray(self.finish_pixels(img, read_correction(c)))
-        return self.encode_analysed(a, nbytes, allowed=allowed)
+        shown = resample.display_size(hd)
+        if shown is None:
+            return self.encode_analysed(a, nbytes, allowed=allowed)
+        extra = resample.extension_bytes(shown)  # shown at the same size as the file it comes from
+        r = self.encode_analysed(a, max(nbytes - extra, 1), allowed=allowed)
+        r = dataclasses.replace(r, data=resample.with_display(r.data, shown), coded_size=(hd.width, hd.height))
+        if len(r.data) > nbytes:
+            raise TargetError(f"target {nbytes} bytes cannot be reached for this file; the smallest "
+                              f"setting gives {len(r.data)} bytes", r)
+        return r
 
     @staticmethod
     def _block_keepable(keep: np.ndarray) -> np.ndarray:
@@ -601,7 +612,7 @@ class Codec(RateControl):
                 if not keep.all() else tokens)
         img = self.render(full, c.header.codebook, (c.header.width, c.header.height), r, seed,
                           c.header.decoder)
-        return self.finish_pixels(img, corr)
+        return resample.show(self.finish_pixels(img, corr), c)
 
     @staticmethod
     def finish_pixels(img: Image.Image, corr: "correction.Correction | None") -> Image.Image:
@@ -667,10 +678,12 @@ def describe(data: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> dic
         raise FormatError(f"file is damaged: {e}") from None
     corr = read_correction(c)
     ext_bytes = sum(len(b) for t, b in hd.extensions if t == correction.TAG)
+    w, h = container.shown_size(hd)
     return {
         "format_version": f"{container.MAJOR}.{hd.minor}",
-        "width": hd.width, "height": hd.height, "bytes": len(data),
-        "bpp": 8 * len(data) / (hd.width * hd.height),
+        "width": w, "height": h, "bytes": len(data),
+        "bpp": 8 * len(data) / (w * h),
+        "coded_size": None if (w, h) == (hd.width, hd.height) else [hd.width, hd.height],
         "codebook": hd.codebook, "mode": hd.mode,
         "grid": [gh, gw], "tokens_total": gh * gw, "tokens_kept": int(keep.sum()),
         # in both edge modes a block's (odd row, even column) token is kept only in edge blocks
@@ -709,14 +722,16 @@ def get_codec(weights: str | os.PathLike | None = None, device: str = "auto") ->
 def encode(image, bpp: float | None = 0.03, *, nbytes: int | None = None, codebook: int | None = None,
            mode: str | None = None, quantile: float | None = None, weights: str | None = None,
            device: str = "auto", max_pixels: int = container.DEFAULT_MAX_PIXELS,
-           correction: bool = True, blocks: str = "rd", tokens: str = "rd") -> bytes:
+           correction: bool = True, blocks: str = "rd", tokens: str = "rd", scale: float | None = None) -> bytes:
     """Encode a PIL image, an image path or image bytes to .tkc bytes at or under `bpp` bits
     per pixel (or `nbytes` bytes, which wins over `bpp`; both None: the richest setting the
     other options allow). Images over `max_pixels` pixels are refused. `correction=False`
     leaves out the tone and colour correction (smaller gain, faster encode). `blocks`: how the
     edge mask modes choose their blocks, "rd" (pixel error saved, default) or "edge" (edge
     strength, UIGC's rule). `tokens`: which codeword each position codes, "rd" (chosen for the
-    decoder's pixels, default) or "nearest" (nearest to the tokenizer's latent)."""
+    decoder's pixels, default) or "nearest" (nearest to the tokenizer's latent). `scale`: code
+    a smaller copy of the image (a fraction of width and height in (0, 1]) that the decoder
+    shows at full size; None (default) lets rate control choose among several."""
     from .imageio import load_image
     max_pixels = errors.check_max_pixels(max_pixels)
     if isinstance(image, Image.Image):
@@ -730,7 +745,7 @@ def encode(image, bpp: float | None = 0.03, *, nbytes: int | None = None, codebo
     if not isinstance(correction, bool):
         raise ArgumentTypeError(f"correction must be True or False, got {correction!r}")
     return get_codec(weights, device).encode(image, bpp, nbytes, codebook, mode, quantile, correction,
-                                             blocks, tokens).data
+                                             blocks, tokens, scale).data
 
 
 @public

@@ -36,7 +36,10 @@ MAX_DIMENSION = 65535
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_FILE_BYTES = 26  # magic, version, the shortest header (1x1, no extension), file CRC; no payload
 MODES = ("entire", "edge", "edge_more", "checkerboard")
-KNOWN_EXTENSIONS: dict[int, str] = {2: "tone and colour correction"}  # tag -> name (1.1)
+KNOWN_EXTENSIONS: dict[int, str] = {2: "tone and colour correction",  # tag -> name (1.1)
+                                    3: "display size"}  # critical; tokc 0.4 (section 12)
+DISPLAY_TAG = 3
+MAX_UPSCALE = 16  # a file's display size is at most this many times its coded size per side
 
 
 def put_varint(out: bytearray, value: int) -> None:
@@ -221,6 +224,10 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
         if tag & 1 and tag not in KNOWN_EXTENSIONS:
             raise FormatError(f"file uses critical extension {tag} that this tokc does not know; "
                               "upgrade tokc")
+        if tag == DISPLAY_TAG:
+            if any(t == DISPLAY_TAG for t, _ in exts):
+                raise FormatError(f"file has more than one display size (extension {DISPLAY_TAG})")
+            _check_display(width, height, payload, max_pixels)
         exts.append((tag, payload))
     check = hr.u8("mask check") if minor >= 2 else None
     decoder = hr.u8("decoder") if minor >= 3 else 0
@@ -235,6 +242,49 @@ def unpack(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
         raise FormatError("payload is not a whole number of 32-bit words (file damaged)")
     check_payload_length(header, len(payload))
     return Container(header, payload)
+
+
+def display_body(size: tuple[int, int]) -> bytes:
+    """Body of extension 3: display width and height, varints."""
+    b = bytearray()
+    put_varint(b, size[0])
+    put_varint(b, size[1])
+    return bytes(b)
+
+
+def display_size(h: Header) -> tuple[int, int] | None:
+    """The size (width, height) extension 3 says to show the image at; None without one.
+    Validated by unpack."""
+    for tag, body in h.extensions:
+        if tag == DISPLAY_TAG:
+            r = Reader(body)
+            return r.varint("display width"), r.varint("display height")
+    return None
+
+
+def shown_size(h: Header) -> tuple[int, int]:
+    """The size a decoder shows the file's image at: extension 3's, else the header's."""
+    return display_size(h) or (h.width, h.height)
+
+
+def _check_display(width: int, height: int, body: bytes, max_pixels: int) -> None:
+    """Extension 3 (section 12.1): exactly two varints, each side at least the coded size and at
+    most MAX_UPSCALE times it, and the displayed image within the pixel limit."""
+    r = Reader(body)
+    try:
+        dw, dh = r.varint("display width"), r.varint("display height")
+    except FormatError:
+        raise FormatError(f"display size (extension {DISPLAY_TAG}) is damaged: its body is not two "
+                          "numbers in shortest form") from None
+    if r.pos != r.end:
+        raise FormatError(f"display size (extension {DISPLAY_TAG}) is damaged: {r.end - r.pos} bytes after its fields")
+    if not (width <= dw <= min(MAX_UPSCALE * width, MAX_DIMENSION)
+            and height <= dh <= min(MAX_UPSCALE * height, MAX_DIMENSION)):
+        raise FormatError(f"display size {dw}x{dh} (extension {DISPLAY_TAG}) is not 1 to {MAX_UPSCALE} "
+                          f"times the coded size {width}x{height} (and at most {MAX_DIMENSION} a side)")
+    if dw * dh > max_pixels:
+        raise FormatError(f"image is shown at {dw}x{dh} = {dw * dh} pixels, over the limit of "
+                          f"{max_pixels}; raise it with --max-pixels if you trust this file")
 
 
 def mask_check(keep) -> int:

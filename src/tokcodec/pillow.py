@@ -65,7 +65,7 @@ class TkcImageFile(ImageFile.ImageFile):
         self.decode_options = dict(options)
         c = container.unpack(self._tkc, self.decode_options["max_pixels"])  # FormatError if damaged
         hd = c.header
-        self._size = (hd.width, hd.height)
+        self._size = container.shown_size(hd)
         self._mode = "RGB"
         self.info.update({"tkc_codebook": hd.codebook, "tkc_mask_mode": hd.mode,
                           "tkc_model_id": hd.model_id.hex(), "tkc_version": f"{container.MAJOR}.{hd.minor}"})

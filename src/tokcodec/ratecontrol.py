@@ -162,6 +162,7 @@ class EncodeResult:
     token_bits: int
     mask_bits: float
     info_bits: float
+    coded_size: tuple[int, int] | None = None  # the coded image's size where smaller than the photo
 
 
 @dataclass(frozen=True)
@@ -195,20 +196,27 @@ class RateControl:
     def encode(self, image: Image.Image, bpp: float | None = None, nbytes: int | None = None,
                codebook: int | None = None, mode: str | None = None,
                quantile: float | None = None, correct: bool = True, blocks: str = "rd",
-               tokens: str = "rd") -> EncodeResult:
+               tokens: str = "rd", scale: float | None = None) -> EncodeResult:
         """Encode with the setting of highest expected quality whose whole file fits the target
         (or, without a target, the richest setting allowed by the other options); `nbytes`
         wins over `bpp`. `correct`: add a tone and colour correction where it pays. `blocks`:
         how edge modes choose their blocks ("rd" or "edge", `Codec.block_scores`). `tokens`:
-        which codeword each position codes ("rd" or "nearest", `Codec.tokens_for`)."""
+        which codeword each position codes ("rd" or "nearest", `Codec.tokens_for`). `scale`:
+        the coded scale (a fraction of width and height, 0 < scale <= 1); None: the best of
+        several (scalecontrol.py) when there is a target, else 1."""
         if not isinstance(image, Image.Image):
             raise ArgumentTypeError(f"image must be a PIL image, got {type(image).__name__}")
         bpp, nbytes, codebook, mode, quantile = self.check_encode_options(bpp, nbytes, codebook, mode, quantile)
-        a = self.analyse(image, blocks, tokens)
+        if scale is not None:
+            scale = errors.check_real("scale", scale, 0.0, 1.0, lo_open=True)
         w, h = image.size
         budget = int(nbytes) if nbytes is not None else (
             int(np.floor(bpp * w * h / 8)) if bpp is not None else None)
-        return self.encode_analysed(a, budget, codebook, mode, quantile, correct=correct)
+        if scale == 1.0 or (scale is None and budget is None):  # one analysis, no resampling
+            return self.encode_analysed(self.analyse(image, blocks, tokens), budget, codebook, mode,
+                                        quantile, correct=correct)
+        return self.encode_prepared(self.prepare(image, blocks, tokens), budget, codebook, mode, quantile,
+                                    correct, scale)
 
     def check_encode_options(self, bpp, nbytes, codebook, mode, quantile) -> tuple:
         """Validated encoder options (ArgumentError naming the option and its allowed values)."""
@@ -226,7 +234,7 @@ class RateControl:
 
     def encode_analysed(self, a: dict, budget: int | None, codebook: int | None = None,
                         mode: str | None = None, quantile: float | None = None,
-                        allowed=None, correct: bool = True) -> EncodeResult:
+                        allowed=None, correct: bool = True, polish: bool = True) -> EncodeResult:
         """Rate control over tokens and tone/colour correction (correction.py). Plan the tokens
         at the whole budget (setting and size, `encode_tokens(plan=True)`: no exact coding yet),
         decode them, and predict for each correction grid what it gains (PSNR of that decode
@@ -236,7 +244,8 @@ class RateControl:
         refitted to their decode; if the refitted grid overflows, the token budget shrinks by
         the overflow (up to three times); if it costs less than predicted, the bytes go back to
         the tokens once (`_reclaim`). Of the first CORRECTION_TRIALS distinct files, keep the
-        one whose own decode measures best. Every file returned is at or under the budget."""
+        one whose own decode measures best, and polish its tokens (`_polished`; `polish=False`
+        leaves them). Every file returned is at or under the budget."""
         if not correct or "rgb" not in a:
             return self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
         rgb = a["rgb"]
@@ -327,7 +336,7 @@ class RateControl:
         if not done:  # no grid fits: the tokens alone
             return self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
         best = done[0] if len(done) == 1 else max(done, key=measured)
-        return self._polished(a, best, budget, grey, quality_of)
+        return self._polished(a, best, budget, grey, quality_of) if polish else best
 
     def _polished(self, a: dict, best: EncodeResult, budget: int | None, grey: bool, quality_of) -> EncodeResult:
         """`best` with its kept tokens polished (`Codec.polish`) and its correction grid refitted
