@@ -138,3 +138,27 @@ def test_cli_scale_option_and_info(tmp_path, tiny_weights):
     for bad in ("2", "0", "half"):
         res = run(main, ["encode", str(src), str(tmp_path / "c.tkc"), "--scale", bad])
         assert res.exit_code == 2 and "--scale" in res.output and not (tmp_path / "c.tkc").exists()
+
+
+def test_file_fits_even_where_the_extension_costs_more_than_predicted(codec, monkeypatch):
+    """The extension's bytes are predicted before the tokens are coded; where the file then
+    overflows (header_len's varint can grow by a byte) the tokens get a smaller budget."""
+    img = photo(200, 130, seed=4)
+    monkeypatch.setattr(resample, "extension_bytes", lambda size: 0)  # predicts too little
+    for budget in (150, 220):
+        r = codec.encode(img, nbytes=budget, scale=0.5)
+        assert len(r.data) <= budget and r.coded_size == (100, 65)
+
+
+def test_default_realism_of_a_reduced_file_is_scaled_with_it(codec, monkeypatch):
+    """Upsampling magnifies the realism decoder's texture: a file coded at half size decodes by
+    default at half the default realism; an explicit realism is used as given."""
+    r = codec.encode(photo(200, 130, seed=4), nbytes=300, scale=0.5)
+    asked = []
+    real = codec.render
+    monkeypatch.setattr(codec, "render", lambda *a, **k: asked.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(type(codec), "default_realism", property(lambda self: 0.6))
+    codec.decode(r.data)
+    codec.decode(r.data, realism=0.6)
+    codec.decode(resample.with_display(r.data, None))
+    assert asked == [pytest.approx(0.3), 0.6, 0.6]

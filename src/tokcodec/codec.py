@@ -604,8 +604,13 @@ class Codec(ScaleControl, RateControl):
         data = check_data(data)
         seed, temperature = errors.check_seed(seed), errors.check_temperature(temperature)
         max_pixels = errors.check_max_pixels(max_pixels)
-        r = self.default_realism if realism is None else check_realism(realism)
+        r = None if realism is None else check_realism(realism)
         c = self.read(data, max_pixels)
+        if r is None:
+            # the default realism of a file coded at a reduced scale is scaled with it: upsampling
+            # magnifies the realism decoder's texture, which at 0.6 turned into coarse mottling
+            # (docs/scale.md); an explicit realism is used as given
+            r = self.default_realism * resample.coded_fraction(c.header)
         corr = read_correction(c)  # before the tokens: its grid must fit the declared size
         tokens, keep = self.decode_tokens(c)
         full = (self.generate(tokens, keep, c.header.codebook, seed, temperature, c.header.coder_id)

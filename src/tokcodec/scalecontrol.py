@@ -80,16 +80,21 @@ class ScaleControl:
             extra = 0 if cs == size else resample.extension_bytes(size)
             a = self.analysis_at(p, cs, rule)
             m = "entire" if quick and mode is None else mode
-            try:
-                r = self.encode_analysed(a, None if budget is None else max(budget - extra, 1),
-                                         codebook, m, quantile, correct=correct, polish=polish)
-            except TargetError as e:  # the smallest file offered is shown at the photo's size too
+            inner = None if budget is None else budget - extra
+            for _ in range(2):  # the extension can lengthen header_len's varint by a byte
+                try:
+                    r = self.encode_analysed(a, None if inner is None else max(inner, 1),
+                                             codebook, m, quantile, correct=correct, polish=polish)
+                except TargetError as e:  # the smallest file offered is shown at the photo's size too
+                    if cs != size:
+                        e.smallest = scaled(e.smallest, cs)
+                    raise
                 if cs != size:
-                    e.smallest = scaled(e.smallest, cs)
-                raise
-            if budget is not None and len(r.data) + extra > budget:  # the budget was under the extension
-                raise TargetError(f"target {budget} bytes cannot be reached", scaled(r, cs))
-            return r if cs == size else scaled(r, cs)
+                    r = scaled(r, cs)
+                if budget is None or len(r.data) <= budget:
+                    return r
+                inner -= len(r.data) - budget
+            raise TargetError(f"target {budget} bytes cannot be reached at {cs[0]}x{cs[1]}", r)
 
         def scaled(r: EncodeResult, cs: tuple[int, int]) -> EncodeResult:
             return dataclasses.replace(r, data=resample.with_display(r.data, size), coded_size=cs)
