@@ -150,15 +150,27 @@ def test_file_fits_even_where_the_extension_costs_more_than_predicted(codec, mon
         assert len(r.data) <= budget and r.coded_size == (100, 65)
 
 
-def test_default_realism_of_a_reduced_file_is_scaled_with_it(codec, monkeypatch):
-    """Upsampling magnifies the realism decoder's texture: a file coded at half size decodes by
-    default at half the default realism; an explicit realism is used as given."""
-    r = codec.encode(photo(200, 130, seed=4), nbytes=300, scale=0.5)
-    asked = []
-    real = codec.render
-    monkeypatch.setattr(codec, "render", lambda *a, **k: asked.append(a[3]) or real(*a, **k))
-    monkeypatch.setattr(type(codec), "default_realism", property(lambda self: 0.6))
-    codec.decode(r.data)
-    codec.decode(r.data, realism=0.6)
-    codec.decode(resample.with_display(r.data, None))
-    assert asked == [pytest.approx(0.3), 0.6, 0.6]
+def test_realism_detail_of_a_reduced_file_is_drawn_at_the_shown_size(tmp_path, tiny_weights):
+    """At r > 0 a reduced file shows its upsampled fidelity picture plus the realism decoder's
+    detail band drawn on the token grid of the shown size; at r = 0 it is the upsampled picture."""
+    import shutil
+    from tiny import make_decoder
+    from tokcodec.codec import Codec
+    shutil.copy(tiny_weights / "tokc.safetensors", tmp_path / "tokc.safetensors")
+    make_decoder(tmp_path)
+    c = Codec(str(tmp_path), "cpu")
+    r = c.encode(photo(200, 130, seed=4), nbytes=300, scale=0.5)
+    base = np.asarray(c.decode(r.data, seed=3, realism=0.0)).astype(int)
+    small = c.decode(resample.with_display(r.data, None), seed=3, realism=0.0)
+    assert np.array_equal(base, resample.upsample(np.asarray(small), (200, 130)))
+    rich = np.asarray(c.decode(r.data, seed=3, realism=0.8)).astype(int)
+    assert rich.shape == base.shape and (rich != base).mean() > 0.2
+    hd = c.read(r.data).header
+    tokens, keep = c.decode_tokens(c.read(r.data))
+    full = tokens if keep.all() else c.generate(tokens, keep, hd.codebook, 3, 0.0, hd.coder_id)
+    up = resample.tokens_at(full, (100, 65), (200, 130))
+    assert up.shape == (10, 14) and np.array_equal(up[::2, ::2][:, :7], full[:5, :7])
+    band = (np.asarray(c.render(up, hd.codebook, (200, 130), 0.8, 3, hd.decoder)).astype(int)
+            - np.asarray(c.render(up, hd.codebook, (200, 130), 0.0, 3, hd.decoder)).astype(int))
+    assert np.array_equal(rich, np.clip(base + band, 0, 255))
+    assert np.array_equal(rich, np.asarray(c.decode(r.data, seed=3, realism=0.8)))  # seeded

@@ -604,20 +604,25 @@ class Codec(ScaleControl, RateControl):
         data = check_data(data)
         seed, temperature = errors.check_seed(seed), errors.check_temperature(temperature)
         max_pixels = errors.check_max_pixels(max_pixels)
-        r = None if realism is None else check_realism(realism)
+        r = self.default_realism if realism is None else check_realism(realism)
         c = self.read(data, max_pixels)
-        if r is None:
-            # the default realism of a file coded at a reduced scale is scaled with it: upsampling
-            # magnifies the realism decoder's texture, which at 0.6 turned into coarse mottling
-            # (docs/scale.md); an explicit realism is used as given
-            r = self.default_realism * resample.coded_fraction(c.header)
+        hd = c.header
         corr = read_correction(c)  # before the tokens: its grid must fit the declared size
         tokens, keep = self.decode_tokens(c)
-        full = (self.generate(tokens, keep, c.header.codebook, seed, temperature, c.header.coder_id)
+        full = (self.generate(tokens, keep, hd.codebook, seed, temperature, hd.coder_id)
                 if not keep.all() else tokens)
-        img = self.render(full, c.header.codebook, (c.header.width, c.header.height), r, seed,
-                          c.header.decoder)
-        return resample.show(self.finish_pixels(img, corr), c)
+        shown = resample.display_size(hd)
+        textured = shown is not None and r > 0 and self.model.tokenizer.decoder.conditioned
+        img = self.render(full, hd.codebook, (hd.width, hd.height), 0.0 if textured else r, seed, hd.decoder)
+        out = resample.show(self.finish_pixels(img, corr), c)
+        if not textured:
+            return out
+        # a reduced file's realism detail is drawn at the size it is shown at (spec 12.2): drawn
+        # at the coded size, the upsampling would magnify the grain into coarse mottling
+        up = resample.tokens_at(full, (hd.width, hd.height), shown)
+        band = (np.asarray(self.render(up, hd.codebook, shown, r, seed, hd.decoder), dtype=np.int16)
+                - np.asarray(self.render(up, hd.codebook, shown, 0.0, seed, hd.decoder), dtype=np.int16))
+        return Image.fromarray(np.clip(np.asarray(out, dtype=np.int16) + band, 0, 255).astype(np.uint8))
 
     @staticmethod
     def finish_pixels(img: Image.Image, corr: "correction.Correction | None") -> Image.Image:

@@ -78,11 +78,15 @@ def upsample(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
-def coded_fraction(hd: container.Header) -> float:
-    """How much smaller the coded image is than the shown one (the smaller of the two sides'
-    ratios; 1.0 for a file without a display size)."""
-    size = display_size(hd)
-    return 1.0 if size is None else min(hd.width / size[0], hd.height / size[1])
+def tokens_at(tokens: np.ndarray, coded: tuple[int, int], shown: tuple[int, int]) -> np.ndarray:
+    """The token grid of the coded image resampled (nearest) to the grid of the shown size
+    (section 12.2, realism): shown token row i takes coded token row
+    min(floor((16 i + 8) * coded_height / shown_height / 16), rows - 1); columns alike."""
+    (w, h), (W, H) = coded, shown
+    gh, gw = 2 * -(-H // 32), 2 * -(-W // 32)
+    rows = np.minimum((np.arange(gh) * 16 + 8) * h // (16 * H), tokens.shape[0] - 1)
+    cols = np.minimum((np.arange(gw) * 16 + 8) * w // (16 * W), tokens.shape[1] - 1)
+    return np.ascontiguousarray(tokens[rows][:, cols])
 
 
 def show(img: Image.Image, c: Container) -> Image.Image:
