@@ -174,3 +174,17 @@ def test_realism_detail_of_a_reduced_file_is_drawn_at_the_shown_size(tmp_path, t
             - np.asarray(c.render(up, hd.codebook, (200, 130), 0.0, 3, hd.decoder)).astype(int))
     assert np.array_equal(rich, np.clip(base + band, 0, 255))
     assert np.array_equal(rich, np.asarray(c.decode(r.data, seed=3, realism=0.8)))  # seeded
+
+
+def test_default_realism_of_a_reduced_file_is_scaled_with_it(codec, monkeypatch):
+    """A file coded at half size decodes by default at half the default realism; an explicit
+    realism is used as given."""
+    r = codec.encode(photo(200, 130, seed=4), nbytes=300, scale=0.5)
+    asked = []
+    monkeypatch.setattr(type(codec), "default_realism", property(lambda self: 0.6))
+    real = codec.render
+    monkeypatch.setattr(codec, "render", lambda *a, **k: asked.append(a[3]) or real(*a, **k))
+    codec.decode(r.data)
+    codec.decode(r.data, realism=0.6)
+    codec.decode(resample.with_display(r.data, None))
+    assert asked == [pytest.approx(0.3), 0.6, 0.6]

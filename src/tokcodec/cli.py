@@ -384,7 +384,8 @@ def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, tokens,
                    "effect); higher = more varied tokens")
 @click.option("--realism", type=click.FloatRange(0, 1), default=None,
               help="pixel decoder: 0 = fidelity (smooth, lowest distortion), 1 = most realistic "
-                   "texture; default 0.6 with weights that have a realism decoder, else 0")
+                   "texture; default 0.6 with weights that have a realism decoder (times the coded "
+                   "scale for a file coded smaller than it is shown), else 0")
 @click.option("--format", "fmt", type=str, default=None,
               help="output format (png, jpg, webp...) when the name does not tell; batch default png")
 @click.option("-f", "--force", is_flag=True, help="write image data to a terminal anyway")

@@ -604,9 +604,12 @@ class Codec(ScaleControl, RateControl):
         data = check_data(data)
         seed, temperature = errors.check_seed(seed), errors.check_temperature(temperature)
         max_pixels = errors.check_max_pixels(max_pixels)
-        r = self.default_realism if realism is None else check_realism(realism)
+        r = None if realism is None else check_realism(realism)
         c = self.read(data, max_pixels)
         hd = c.header
+        if r is None:  # a reduced file's default is scaled with it: its texture, drawn on a
+            # nearest-resampled token grid, shows the grid's blocks at full strength (docs/scale.md)
+            r = self.default_realism * resample.coded_fraction(hd)
         corr = read_correction(c)  # before the tokens: its grid must fit the declared size
         tokens, keep = self.decode_tokens(c)
         full = (self.generate(tokens, keep, hd.codebook, seed, temperature, hd.coder_id)

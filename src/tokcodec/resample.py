@@ -78,6 +78,13 @@ def upsample(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
+def coded_fraction(hd: container.Header) -> float:
+    """How much smaller the coded image is than the shown one (the smaller of the two sides'
+    ratios; 1.0 for a file without a display size)."""
+    size = display_size(hd)
+    return 1.0 if size is None else min(hd.width / size[0], hd.height / size[1])
+
+
 def tokens_at(tokens: np.ndarray, coded: tuple[int, int], shown: tuple[int, int]) -> np.ndarray:
     """The token grid of the coded image resampled (nearest) to the grid of the shown size
     (section 12.2, realism): shown token row i takes coded token row
