@@ -11,7 +11,6 @@ decode: .tkc -> validate -> block map -> kept tokens stage by stage (same tables
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import itertools
@@ -476,16 +475,8 @@ class Codec(ScaleControl, RateControl):
 
         # the new file's tone and colour correction is fitted to this file's decoded image
         a["rgb"] = np.asarray(self.finish_pixels(img, read_correction(c)))
-        shown = resample.display_size(hd)
-        if shown is None:
-            return self.encode_analysed(a, nbytes, allowed=allowed)
-        extra = resample.extension_bytes(shown)  # shown at the same size as the file it comes from
-        r = self.encode_analysed(a, max(nbytes - extra, 1), allowed=allowed)
-        r = dataclasses.replace(r, data=resample.with_display(r.data, shown), coded_size=(hd.width, hd.height))
-        if len(r.data) > nbytes:
-            raise TargetError(f"target {nbytes} bytes cannot be reached for this file; the smallest "
-                              f"setting gives {len(r.data)} bytes", r)
-        return r
+        # shown at the same size as the file it comes from
+        return self.encode_shown(a, nbytes, container.shown_size(hd), allowed=allowed)
 
     @staticmethod
     def _block_keepable(keep: np.ndarray) -> np.ndarray:

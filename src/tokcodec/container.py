@@ -20,6 +20,7 @@ every byte before it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import zlib
@@ -40,6 +41,12 @@ KNOWN_EXTENSIONS: dict[int, str] = {2: "tone and colour correction",  # tag -> n
                                     3: "display size"}  # critical; tokc 0.4 (section 12)
 DISPLAY_TAG = 3
 MAX_UPSCALE = 16  # a file's display size is at most this many times its coded size per side
+
+
+def grid_size(width: int, height: int, token_size: int = 16) -> tuple[int, int]:
+    """Token grid (rows, cols) of an image (section 1.4): padded to a multiple of two tokens."""
+    unit = 2 * token_size
+    return (-(-height // unit) * 2, -(-width // unit) * 2)
 
 
 def put_varint(out: bytearray, value: int) -> None:
@@ -108,8 +115,7 @@ class Header:
     @property
     def grid(self) -> tuple[int, int]:
         """Token grid (rows, cols): the image is padded to a multiple of two tokens."""
-        unit = 2 * self.token_size
-        return (-(-self.height // unit) * 2, -(-self.width // unit) * 2)
+        return grid_size(self.width, self.height, self.token_size)
 
 
 @dataclass
@@ -257,8 +263,7 @@ def display_size(h: Header) -> tuple[int, int] | None:
     Validated by unpack."""
     for tag, body in h.extensions:
         if tag == DISPLAY_TAG:
-            r = Reader(body)
-            return r.varint("display width"), r.varint("display height")
+            return _display_fields(body)
     return None
 
 
@@ -267,9 +272,8 @@ def shown_size(h: Header) -> tuple[int, int]:
     return display_size(h) or (h.width, h.height)
 
 
-def _check_display(width: int, height: int, body: bytes, max_pixels: int) -> None:
-    """Extension 3 (section 12.1): exactly two varints, each side at least the coded size and at
-    most MAX_UPSCALE times it, and the displayed image within the pixel limit."""
+def _display_fields(body: bytes) -> tuple[int, int]:
+    """Extension 3's two varints; the body must hold exactly them."""
     r = Reader(body)
     try:
         dw, dh = r.varint("display width"), r.varint("display height")
@@ -278,6 +282,13 @@ def _check_display(width: int, height: int, body: bytes, max_pixels: int) -> Non
                           "numbers in shortest form") from None
     if r.pos != r.end:
         raise FormatError(f"display size (extension {DISPLAY_TAG}) is damaged: {r.end - r.pos} bytes after its fields")
+    return dw, dh
+
+
+def _check_display(width: int, height: int, body: bytes, max_pixels: int) -> None:
+    """Extension 3 (section 12.1): exactly two varints, each side at least the coded size and at
+    most MAX_UPSCALE times it, and the displayed image within the pixel limit."""
+    dw, dh = _display_fields(body)
     if not (width <= dw <= min(MAX_UPSCALE * width, MAX_DIMENSION)
             and height <= dh <= min(MAX_UPSCALE * height, MAX_DIMENSION)):
         raise FormatError(f"display size {dw}x{dh} (extension {DISPLAY_TAG}) is not 1 to {MAX_UPSCALE} "
@@ -285,6 +296,23 @@ def _check_display(width: int, height: int, body: bytes, max_pixels: int) -> Non
     if dw * dh > max_pixels:
         raise FormatError(f"image is shown at {dw}x{dh} = {dw * dh} pixels, over the limit of "
                           f"{max_pixels}; raise it with --max-pixels if you trust this file")
+
+
+def extension_bytes(tag: int, body: bytes) -> int:
+    """Bytes an extension adds to a file that has none: its tag and length varints and body."""
+    head = bytearray()
+    put_varint(head, tag)
+    put_varint(head, len(body))
+    return len(head) + len(body)
+
+
+def with_extension(data: bytes, tag: int, body: bytes | None, minor: int = 0) -> bytes:
+    """A packed file with extension `tag` set to `body` (None: removed), appended after the
+    others, and its minor raised to at least `minor`."""
+    c = unpack(data, max_pixels=1 << 62)
+    hd = c.header
+    exts = [e for e in hd.extensions if e[0] != tag] + ([] if body is None else [(tag, body)])
+    return pack(Container(dataclasses.replace(hd, extensions=exts, minor=max(hd.minor, minor)), c.payload))
 
 
 def mask_check(keep) -> int:

@@ -12,7 +12,6 @@ decoded pixels are then made grey. The data lives in ancillary extension 2 of th
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -257,15 +256,10 @@ def read_correction(c: Container) -> "Correction | None":
 
 def extension_bytes(corr: "Correction") -> int:
     """Bytes the correction adds to a file that has none: tag, length and body."""
-    body, head = pack(corr), bytearray()
-    container.put_varint(head, TAG)
-    container.put_varint(head, len(body))
-    return len(head) + len(body)
+    return container.extension_bytes(TAG, pack(corr))
 
 
 def with_correction(data: bytes, corr: "Correction") -> bytes:
-    """A packed file with its tone and colour correction extension set to `corr`."""
-    c = container.unpack(data, max_pixels=1 << 62)
-    hd = c.header
-    exts = [e for e in hd.extensions if e[0] != TAG] + [(TAG, pack(corr))]
-    return container.pack(Container(dataclasses.replace(hd, extensions=exts, minor=max(hd.minor, 1)), c.payload))
+    """A packed file with its tone and colour correction extension set to `corr` (tag 2 is
+    defined from minor 1 on)."""
+    return container.with_extension(data, TAG, pack(corr), minor=1)

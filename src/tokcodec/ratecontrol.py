@@ -153,6 +153,14 @@ def expected_quality(s: Setting, table: dict | None = None) -> float:
     return q + 1e-3 * s.kept_share  # ties go to the setting that keeps more
 
 
+def measured_quality(rgb: np.ndarray, lab, out: np.ndarray) -> float:
+    """Rate control's measure of a decode `out` of the image `rgb` (both uint8, same shape):
+    PSNR less COLOUR_WEIGHT x colour error (`lab`: region_lab(rgb))."""
+    d = out.astype(np.int32) - rgb
+    psnr = 10 * np.log10(255.0 ** 2 * rgb.size / max(float(np.square(d).sum(dtype=np.int64)), 1e-9))
+    return psnr - COLOUR_WEIGHT * colour_error_lab(lab, out) if COLOUR_WEIGHT else psnr
+
+
 @dataclass
 class EncodeResult:
     data: bytes
@@ -266,9 +274,7 @@ class RateControl:
         lab = region_lab(rgb)
 
         def quality_of(out: np.ndarray) -> float:
-            d = out.astype(np.int32) - rgb
-            psnr = 10 * np.log10(255.0 ** 2 * rgb.size / max(float(np.square(d).sum(dtype=np.int64)), 1e-9))
-            return psnr - COLOUR_WEIGHT * colour_error_lab(lab, out) if COLOUR_WEIGHT else psnr
+            return measured_quality(rgb, lab, out)
 
         token_bytes = first.size if budget is not None else len(self.exact(a, first.setting).data)
         no_grid = correction.Correction(0, grey)

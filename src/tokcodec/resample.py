@@ -16,8 +16,6 @@ section 8.6. The encoder downsamples with Lanczos (its own choice; not part of t
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 from PIL import Image
 
@@ -90,7 +88,7 @@ def tokens_at(tokens: np.ndarray, coded: tuple[int, int], shown: tuple[int, int]
     (section 12.2, realism): shown token row i takes coded token row
     min(floor((16 i + 8) * coded_height / shown_height / 16), rows - 1); columns alike."""
     (w, h), (W, H) = coded, shown
-    gh, gw = 2 * -(-H // 32), 2 * -(-W // 32)
+    gh, gw = container.grid_size(W, H)
     rows = np.minimum((np.arange(gh) * 16 + 8) * h // (16 * H), tokens.shape[0] - 1)
     cols = np.minimum((np.arange(gw) * 16 + 8) * w // (16 * W), tokens.shape[1] - 1)
     return np.ascontiguousarray(tokens[rows][:, cols])
@@ -104,14 +102,11 @@ def show(img: Image.Image, c: Container) -> Image.Image:
 
 def with_display(data: bytes, size: tuple[int, int] | None) -> bytes:
     """A packed file with extension 3 set to `size` (None, or the coded size: removed)."""
-    c = container.unpack(data, max_pixels=1 << 62)
-    hd = c.header
-    exts = [e for e in hd.extensions if e[0] != DISPLAY_TAG]
-    if size is not None and tuple(size) != (hd.width, hd.height):
-        exts.append((DISPLAY_TAG, container.display_body(size)))
-    return container.pack(Container(dataclasses.replace(hd, extensions=exts), c.payload))
+    hd = container.unpack(data, max_pixels=1 << 62).header
+    keep = size is not None and tuple(size) != (hd.width, hd.height)
+    return container.with_extension(data, DISPLAY_TAG, container.display_body(size) if keep else None)
 
 
 def extension_bytes(size: tuple[int, int]) -> int:
     """Bytes extension 3 adds to a file: tag, length and body."""
-    return 2 + len(container.display_body(size))
+    return container.extension_bytes(DISPLAY_TAG, container.display_body(size))

@@ -3,7 +3,8 @@
 For each candidate scale the token and correction rate control (ratecontrol.py) makes a file at
 the budget (less extension 3's bytes); the file is decoded as a decoder shows it (temperature
 0, realism 0, corrected, upsampled to the photo's size) and scored at the photo's size by PSNR
-less COLOUR_WEIGHT x colour error, as rate control scores everything else.
+less COLOUR_WEIGHT x colour error (ratecontrol.measured_quality), as rate control scores
+everything else.
 
 The search's files keep every token (mode entire: the ladder's fine steps do what the mask modes
 do at one scale) and use the nearest codewords: cheap. The scales are searched as a hill climb
@@ -23,9 +24,9 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from . import resample
-from .metrics import colour_error_lab, region_lab
-from .ratecontrol import COLOUR_WEIGHT, TRIAL_MAX_TOKENS, EncodeResult, TargetError
+from . import container, resample
+from .metrics import region_lab
+from .ratecontrol import TRIAL_MAX_TOKENS, EncodeResult, TargetError, measured_quality
 
 PREDICTED_BPP = 0.025
 # From this target up the photo is coded at its own size: on Kodak at 0.02 bpp the full-size file
@@ -42,6 +43,34 @@ def predicted_scale(bpp: float) -> float:
 
 class ScaleControl:
     """Scale search of `codec.Codec` (which provides analyse, encode_analysed and decode)."""
+
+    def encode_shown(self, a: dict, budget: int | None, shown: tuple[int, int], codebook: int | None = None,
+                     mode: str | None = None, quantile: float | None = None, allowed=None,
+                     correct: bool = True, polish: bool = True) -> EncodeResult:
+        """`encode_analysed` of an analysis of a copy of the photo, in a file shown at `shown`
+        (extension 3; none where the copy is that size). The tokens get the budget less the
+        extension's bytes; where the whole file still overflows (the extension can lengthen
+        header_len's varint by a byte), they get that much less again, twice at most. A
+        TargetError's smallest file is shown at `shown` too."""
+        cs = tuple(a["size"])
+        if cs == tuple(shown):
+            return self.encode_analysed(a, budget, codebook, mode, quantile, allowed, correct, polish)
+
+        def scaled(r: EncodeResult) -> EncodeResult:
+            return dataclasses.replace(r, data=resample.with_display(r.data, shown), coded_size=cs)
+        inner = None if budget is None else budget - resample.extension_bytes(shown)
+        for _ in range(2):
+            try:
+                r = scaled(self.encode_analysed(a, None if inner is None else max(inner, 1), codebook, mode,
+                                                quantile, allowed, correct, polish))
+            except TargetError as e:
+                e.smallest = scaled(e.smallest)
+                raise
+            if budget is None or len(r.data) <= budget:
+                return r
+            inner -= len(r.data) - budget
+        raise TargetError(f"target {budget} bytes cannot be reached for this image coded at {cs[0]}x{cs[1]}; "
+                          f"the smallest file found gives {len(r.data)} bytes", r)
 
     def prepare(self, image: Image.Image, blocks: str = "rd", tokens: str = "rd") -> dict:
         """What every encode of a photo shares: the photo, and each coded scale's analyses
@@ -76,28 +105,9 @@ class ScaleControl:
         def make(s: float, rule: str | None = None, polish: bool = True, quick: bool = False) -> EncodeResult:
             """The file at scale s with token rule `rule` (default: the photo's); `quick`: mode
             entire only, unless the caller chose the mode (the search's files)."""
-            cs = resample.coded_size(size, s)
-            extra = 0 if cs == size else resample.extension_bytes(size)
-            a = self.analysis_at(p, cs, rule)
+            a = self.analysis_at(p, resample.coded_size(size, s), rule)
             m = "entire" if quick and mode is None else mode
-            inner = None if budget is None else budget - extra
-            for _ in range(2):  # the extension can lengthen header_len's varint by a byte
-                try:
-                    r = self.encode_analysed(a, None if inner is None else max(inner, 1),
-                                             codebook, m, quantile, correct=correct, polish=polish)
-                except TargetError as e:  # the smallest file offered is shown at the photo's size too
-                    if cs != size:
-                        e.smallest = scaled(e.smallest, cs)
-                    raise
-                if cs != size:
-                    r = scaled(r, cs)
-                if budget is None or len(r.data) <= budget:
-                    return r
-                inner -= len(r.data) - budget
-            raise TargetError(f"target {budget} bytes cannot be reached at {cs[0]}x{cs[1]}", r)
-
-        def scaled(r: EncodeResult, cs: tuple[int, int]) -> EncodeResult:
-            return dataclasses.replace(r, data=resample.with_display(r.data, size), coded_size=cs)
+            return self.encode_shown(a, budget, size, codebook, m, quantile, correct=correct, polish=polish)
 
         if budget is None or scale is not None:
             return make(1.0 if scale is None else scale)
@@ -109,18 +119,14 @@ class ScaleControl:
         ladder = sorted({resample.coded_size(size, s): s for s in resample.SCALES}.items())
         sizes = [cs for cs, _ in ladder]
         start = sizes.index(resample.coded_size(size, predicted_scale(8 * budget / (w * h))))
-        cs0 = sizes[start]
-        if (cs0[0] // 16 + 1) * (cs0[1] // 16 + 1) > TRIAL_MAX_TOKENS:  # large photo: one file
+        if np.prod(container.grid_size(*sizes[start])) > TRIAL_MAX_TOKENS:  # large photo: one file
             return make(ladder[start][1])
         if p["lab"] is None:
             p["lab"] = region_lab(p["rgb"])
         errors: list[TargetError] = []
 
         def measure(r: EncodeResult) -> float:
-            out = np.asarray(self.decode(r.data, 0, 0.0, realism=0.0))
-            d = out.astype(np.int32) - p["rgb"]
-            psnr = 10 * np.log10(255.0 ** 2 * d.size / max(float(np.square(d).sum(dtype=np.int64)), 1e-9))
-            return psnr - COLOUR_WEIGHT * colour_error_lab(p["lab"], out)
+            return measured_quality(p["rgb"], p["lab"], np.asarray(self.decode(r.data, 0, 0.0, realism=0.0)))
 
         def attempt(i: int, rule: str | None, polish: bool, quick: bool = False) -> tuple[float, EncodeResult] | None:
             try:
