@@ -237,3 +237,37 @@ def test_the_correction_is_applied_in_row_bands_to_the_same_pixels(monkeypatch):
         monkeypatch.undo()
         assert np.abs(banded.astype(int) - whole).max() <= 1 and (banded != whole).mean() < 1e-3
         assert (whole != decoded).mean() > 0.5
+
+
+def test_a_chroma_only_grid_fixes_a_colour_cast_for_a_fraction_of_the_bytes():
+    """Y step 255 (rate control's chroma-only grids): where the decode's brightness is nearly
+    right and its colour is off, every Y value rounds to 0, the cast is removed as well as with
+    a fine Y step, and the grid costs fewer bytes."""
+    rng = np.random.default_rng(5)
+    original = rng.integers(40, 216, (160, 224, 3), dtype=np.uint8)
+    ycc = correction.difference(original, np.zeros_like(original))  # original in YCbCr
+    ripple = 6 * np.sin(np.arange(224) / 20.0)[None, :, None] * [1.0, 0.0, 0.0]  # small luma errors
+    cast = ycc + [0.0, 9.0, -7.0] + ripple + rng.normal(0, 3, ycc.shape)  # and a chroma shift
+    decoded = np.clip(np.round(cast @ correction.YCC_TO_RGB.T), 0, 255).astype(np.uint8)
+    chroma = correction.fit(original, decoded, 2, (255, 3))
+    full = correction.fit(original, decoded, 2, (4, 3))
+    assert not chroma.values[0].any() and chroma.values[1:].any()
+    def err(c):
+        return np.abs(correction.difference(original, correction.apply(decoded, c))[..., 1:].mean((0, 1))).max()
+    # the mean cast of 9 levels is left within about half a quantiser step (3 levels)
+    assert err(chroma) < 1.7 and np.abs(correction.difference(original, decoded)[..., 1:].mean((0, 1))).max() > 6
+    assert err(chroma) <= err(full) + 0.5
+    assert correction.extension_bytes(chroma) < correction.extension_bytes(full)
+
+
+def test_the_grid_cost_per_byte_of_tokens_falls_with_the_rate():
+    """Rate control's predicted cost of a grid's bytes (dB per e-fold of token bytes) is the
+    measured slope of each rate range, interpolated in log bpp and held beyond the ends."""
+    from tokcodec.ratecontrol import CORRECTION_SLOPES, correction_slope
+    size = (768, 512)
+    def at(bpp):
+        return correction_slope(round(bpp * size[0] * size[1] / 8), size)
+    (x0, y0), (x1, y1), (x2, y2) = CORRECTION_SLOPES
+    assert at(0.002) == pytest.approx(y0) and at(0.1) == pytest.approx(y2)
+    assert at(x1) == pytest.approx(y1, abs=0.01)
+    assert y0 > at(0.01) > y1 > at(0.02) > y2

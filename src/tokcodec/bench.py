@@ -255,7 +255,7 @@ if job == "encode":
     row["encode_s"] = time.perf_counter() - t2
     open(out, "wb").write(r.data)
     row.update(bytes=len(r.data), setting=f"K={r.setting.codebook} {r.setting.mode} q={r.setting.quantile:.2f}",
-               size=list(img.size))
+               size=list(img.size), coded=list(r.coded_size or img.size))
 else:
     data = open(path, "rb").read()
     t2 = time.perf_counter()

@@ -40,19 +40,23 @@ ESTIMATE_SLACK = 8
 # estimate with the nearest codewords is over the budget by more than this is taken as over
 ROUGH_MARGIN = 0.05
 # Tone and colour correction grids tried by rate control: cell sides in tokens (x16 px) and
-# quantiser steps (Y, CbCr) in 8-bit levels; and the predicted cost of taking bytes from the
-# tokens, in dB of PSNR per e-fold of token bytes (Kodak, v2 weights: 4.2 dB from 0.005 to
-# 0.01 bpp, 3.3 to 0.02, 2.3 to 0.03). The coarse cells (12-32 tokens, down to a single cell
-# for a small image) cost 13-20 bytes: what a file whose smallest token setting nearly fills the
-# budget can still afford (Kodak 0.005 bpp, kodim08: 10.65 -> 11.97 dB with 21 spare bytes).
+# quantiser steps (Y, CbCr) in 8-bit levels. The coarse cells (12-32 tokens, down to a single
+# cell for a small image) cost 13-20 bytes: what a file whose smallest token setting nearly
+# fills the budget can still afford (Kodak 0.005 bpp, kodim08: 10.65 -> 11.97 dB with 21 spare
+# bytes). The fine steps (8, 4) to (4, 2) and the chroma-only ones (Y step 255: every Y value
+# rounds to 0 and costs almost nothing) are what 0.02-0.03 bpp files take (docs/colour.md 9).
 CORRECTION_CELLS = (2, 3, 4, 6, 8, 12, 16, 32)
-CORRECTION_STEPS = ((12, 6), (16, 8), (24, 12), (24, 4), (32, 6))
-CORRECTION_SLOPE = 3.5
+CORRECTION_STEPS = ((12, 6), (16, 8), (24, 12), (24, 4), (32, 6), (8, 4), (6, 3), (4, 2), (255, 3), (255, 5))
+# The predicted cost of taking bytes from the tokens, in dB of PSNR per e-fold of token bytes,
+# by bits per pixel of the size the photo is shown at (Kodak, v2 weights: 4.2 dB from 0.005 to
+# 0.01 bpp, 3.3 to 0.02, 2.3 to 0.03; interpolated in log bpp between the middles of those
+# ranges, held beyond them)
+CORRECTION_SLOPES = ((0.0071, 4.2), (0.0141, 3.3), (0.0245, 2.3))
 # dB of predicted PSNR a grid may give up per unit of colour error it removes (mean CIEDE2000
 # of the corrected decode, both images box-downscaled 16x): colour drift over whole regions
 # (a red macaw turning orange) is what people see first at these rates
-COLOUR_WEIGHT = 0.1
-# The correction trade is predicted (CORRECTION_SLOPE); the best CORRECTION_TRIALS distinct
+COLOUR_WEIGHT = 0.2
+# The correction trade is predicted (`correction_slope`); the best CORRECTION_TRIALS distinct
 # files by prediction are made and the one of highest measured quality (PSNR less
 # COLOUR_WEIGHT x colour error, of the file's own decode) kept. Grids over TRIAL_MAX_TOKENS
 # tokens (about 4 MP) keep the first: each trial costs an exact encode and a decode.
@@ -153,12 +157,22 @@ def expected_quality(s: Setting, table: dict | None = None) -> float:
     return q + 1e-3 * s.kept_share  # ties go to the setting that keeps more
 
 
-def measured_quality(rgb: np.ndarray, lab, out: np.ndarray) -> float:
+def correction_slope(budget: int, size: tuple[int, int]) -> float:
+    """CORRECTION_SLOPES at the budget's bits per pixel of `size`: the size the photo is shown
+    at. (Priced at a reduced copy's own rate, 3-8x the target's, grid bytes came too cheap:
+    copies went to 16-word codebooks for finer grids, Kodak 0.005 bpp SSIMULACRA2 -82.6 -> -86.6.)"""
+    bpp = 8 * budget / max(size[0] * size[1], 1)
+    x, y = zip(*CORRECTION_SLOPES)
+    return float(np.interp(np.log(max(bpp, 1e-9)), np.log(x), y))
+
+
+def measured_quality(rgb: np.ndarray, lab, out: np.ndarray, weight: float | None = None) -> float:
     """Rate control's measure of a decode `out` of the image `rgb` (both uint8, same shape):
-    PSNR less COLOUR_WEIGHT x colour error (`lab`: region_lab(rgb))."""
+    PSNR less `weight` (default COLOUR_WEIGHT) x colour error (`lab`: region_lab(rgb))."""
+    weight = COLOUR_WEIGHT if weight is None else weight
     d = out.astype(np.int32) - rgb
     psnr = 10 * np.log10(255.0 ** 2 * rgb.size / max(float(np.square(d).sum(dtype=np.int64)), 1e-9))
-    return psnr - COLOUR_WEIGHT * colour_error_lab(lab, out) if COLOUR_WEIGHT else psnr
+    return psnr - weight * colour_error_lab(lab, out) if weight else psnr
 
 
 @dataclass
@@ -247,7 +261,7 @@ class RateControl:
         at the whole budget (setting and size, `encode_tokens(plan=True)`: no exact coding yet),
         decode them, and predict for each correction grid what it gains (PSNR of that decode
         corrected, less COLOUR_WEIGHT x its colour error) and what its bytes cost the tokens
-        (CORRECTION_SLOPE dB per e-fold of token bytes). Then make the files of the best
+        (`correction_slope` dB per e-fold of token bytes). Then make the files of the best
         options by prediction: tokens coded at the budget less the grid's bytes, the grid
         refitted to their decode; if the refitted grid overflows, the token budget shrinks by
         the overflow (up to three times); if it costs less than predicted, the bytes go back to
@@ -290,7 +304,7 @@ class RateControl:
                 if budget is not None and cost > min(token_bytes // 2 - 1, CORRECTION_MAX_SHARE * budget):
                     continue
                 options.append((quality(corr), cost, (cell, steps)))
-        slope = CORRECTION_SLOPE if budget is not None else 0.0
+        slope = correction_slope(budget, a.get("shown", a["size"])) if budget is not None else 0.0
         room = token_bytes if budget is None else budget  # bytes the first file left unused are free
 
         def score(o):

@@ -3,8 +3,7 @@
 For each candidate scale the token and correction rate control (ratecontrol.py) makes a file at
 the budget (less extension 3's bytes); the file is decoded as a decoder shows it (temperature
 0, realism 0, corrected, upsampled to the photo's size) and scored at the photo's size by PSNR
-less COLOUR_WEIGHT x colour error (ratecontrol.measured_quality), as rate control scores
-everything else.
+less SCALE_COLOUR_WEIGHT x colour error (ratecontrol.measured_quality).
 
 The search's files keep every token (mode entire: the ladder's fine steps do what the mask modes
 do at one scale) and use the nearest codewords: cheap. The scales are searched as a hill climb
@@ -32,6 +31,11 @@ PREDICTED_BPP = 0.025
 # From this target up the photo is coded at its own size: on Kodak at 0.02 bpp the full-size file
 # measured best or within 0.1 dB (docs/scale.md), and the search there costs 2-3x the encode
 SEARCH_MAX_BPP = 0.015
+# The search's colour weight, lower than the correction grid's (ratecontrol.COLOUR_WEIGHT, 0.2
+# since session 12): with 0.2 here too, 0.005 bpp files moved to larger copies with 16- or
+# 64-word codebooks (Kodak kodim08, 13, 18: SSIMULACRA2 -140 -> -173, -143 -> -154, -94 ->
+# -111; 0.005 bpp means MS-SSIM 0.661 -> 0.658, SSIMULACRA2 -82.6 -> -85.7; docs/colour.md 9)
+SCALE_COLOUR_WEIGHT = 0.1
 TIE_MARGIN = 0.25  # dB of the search's measure within which a runner-up is tried with rd codewords
 
 
@@ -92,6 +96,7 @@ class ScaleControl:
                 p["analyses"][key] = {**{f: near[f] for f in shared if f in near}, "tokens": {}, "tokens_rule": "rd"}
             else:
                 p["analyses"][key] = self.analyse(resample.downscale(p["image"], size), p["blocks"], rule)
+            p["analyses"][key]["shown"] = p["size"]  # rate control prices grid bytes at the shown size's rate
         return p["analyses"][key]
 
     def encode_prepared(self, p: dict, budget: int | None, codebook: int | None = None,
@@ -126,7 +131,8 @@ class ScaleControl:
         errors: list[TargetError] = []
 
         def measure(r: EncodeResult) -> float:
-            return measured_quality(p["rgb"], p["lab"], np.asarray(self.decode(r.data, 0, 0.0, realism=0.0)))
+            return measured_quality(p["rgb"], p["lab"], np.asarray(self.decode(r.data, 0, 0.0, realism=0.0)),
+                                    SCALE_COLOUR_WEIGHT)
 
         def attempt(i: int, rule: str | None, polish: bool, quick: bool = False) -> tuple[float, EncodeResult] | None:
             try:
