@@ -256,7 +256,8 @@ class RateControl:
 
     def encode_analysed(self, a: dict, budget: int | None, codebook: int | None = None,
                         mode: str | None = None, quantile: float | None = None,
-                        allowed=None, correct: bool = True, polish: bool = True) -> EncodeResult:
+                        allowed=None, correct: bool = True, polish: bool = True,
+                        shown: tuple[int, int] | None = None) -> EncodeResult:
         """Rate control over tokens and tone/colour correction (correction.py). Plan the tokens
         at the whole budget (setting and size, `encode_tokens(plan=True)`: no exact coding yet),
         decode them, and predict for each correction grid what it gains (PSNR of that decode
@@ -267,7 +268,8 @@ class RateControl:
         the overflow (up to three times); if it costs less than predicted, the bytes go back to
         the tokens once (`_reclaim`). Of the first CORRECTION_TRIALS distinct files, keep the
         one whose own decode measures best, and polish its tokens (`_polished`; `polish=False`
-        leaves them). Every file returned is at or under the budget."""
+        leaves them). `shown`: the size the file is shown at (default the analysis's), whose
+        rate prices the grid's bytes. Every file returned is at or under the budget."""
         if not correct or "rgb" not in a:
             return self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
         rgb = a["rgb"]
@@ -304,7 +306,7 @@ class RateControl:
                 if budget is not None and cost > min(token_bytes // 2 - 1, CORRECTION_MAX_SHARE * budget):
                     continue
                 options.append((quality(corr), cost, (cell, steps)))
-        slope = correction_slope(budget, a.get("shown", a["size"])) if budget is not None else 0.0
+        slope = correction_slope(budget, shown or a["size"]) if budget is not None else 0.0
         room = token_bytes if budget is None else budget  # bytes the first file left unused are free
 
         def score(o):

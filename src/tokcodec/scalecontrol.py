@@ -66,7 +66,7 @@ class ScaleControl:
         for _ in range(2):
             try:
                 r = scaled(self.encode_analysed(a, None if inner is None else max(inner, 1), codebook, mode,
-                                                quantile, allowed, correct, polish))
+                                                quantile, allowed, correct, polish, shown))
             except TargetError as e:
                 e.smallest = scaled(e.smallest)
                 raise
@@ -96,7 +96,6 @@ class ScaleControl:
                 p["analyses"][key] = {**{f: near[f] for f in shared if f in near}, "tokens": {}, "tokens_rule": "rd"}
             else:
                 p["analyses"][key] = self.analyse(resample.downscale(p["image"], size), p["blocks"], rule)
-            p["analyses"][key]["shown"] = p["size"]  # rate control prices grid bytes at the shown size's rate
         return p["analyses"][key]
 
     def encode_prepared(self, p: dict, budget: int | None, codebook: int | None = None,
