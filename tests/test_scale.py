@@ -104,6 +104,21 @@ def test_scale_search_codes_the_scale_whose_file_measured_best(codec, monkeypatc
     assert codec.decode(r.data).size == (256, 192)
 
 
+@pytest.mark.parametrize("mode", ["entire", "edge_more", None])
+def test_scale_search_measures_exactly_what_the_decoder_shows(codec, mode):
+    """The search scores a file by `shown_decode` (the encoder's tokens, no range decode): it
+    must equal the real decode at realism 0, for reduced files of every kind (with their
+    correction grid and display size)."""
+    img = photo(256, 192, seed=7)
+    p = codec.prepare(img)
+    size = resample.coded_size((256, 192), 0.5)
+    a = codec.analysis_at(p, size)
+    r = codec.encode_shown(a, 70, (256, 192), mode=mode, polish=False)
+    assert r.coded_size == size
+    got = codec.shown_decode(a, r)
+    assert np.array_equal(got, np.asarray(codec.decode(r.data, realism=0.0)))
+
+
 def test_targets_from_the_search_limit_up_code_the_photo_at_its_size(codec):
     from tokcodec.scalecontrol import SEARCH_MAX_BPP
     img = photo(256, 192, seed=7)

@@ -392,7 +392,7 @@ class Codec(ScaleControl, RateControl):
             tokens = self.tokens_for(a, k)
             h, w = tokens.shape
             base = mask.keep_mask(mode, (h, w), np.zeros((h // 2, w // 2), dtype=bool))
-            drawn = self.generate(tokens, base, k, 0, 0.0)
+            drawn = self.generate(tokens, base, k, 0, 0.0, exact=False)
             if ("block_error", k) not in scores:
                 scores[("block_error", k)] = self._block_error(a, tokens, k)
             scores[(k, mode)] = self._block_error(a, drawn, k) - scores[("block_error", k)]
@@ -530,10 +530,16 @@ class Codec(ScaleControl, RateControl):
         return ctx.reshape(grid), keep
 
     def generate(self, tokens: np.ndarray, keep: np.ndarray, k: int, seed: int,
-                 temperature: float, coder_id: int = entropy.CODER_ID) -> np.ndarray:
+                 temperature: float, coder_id: int = entropy.CODER_ID, exact: bool = True) -> np.ndarray:
         """Fill dropped tokens stage by stage from the prior, kept tokens fixed. Context for a
         stage: every token of earlier stages (kept or already generated), [MASK] elsewhere.
-        Sampled tokens (temperature > 0) use the random numbers of the file's coder id (rng.py)."""
+        Sampled tokens (temperature > 0) use the random numbers of the file's coder id (rng.py).
+        `exact=False` (temperature 0 only): the float twin's most likely tokens, what the
+        encoder uses to preview a decode (three times faster; on Kodak 0-3% of the generated
+        tokens differ from the exact prior's, near-ties, and the decoded PSNR by at most
+        0.03 dB, docs/performance.md session 13). Decoders always use the exact prior."""
+        if not exact and temperature <= 0:
+            return self._generate_twin(tokens, keep, k)
         h, w = tokens.shape
         legacy = LegacyGenerator(seed) if coder_id == 1 else None
         t_milli = int(round(temperature * 1000))
@@ -552,6 +558,26 @@ class Codec(ScaleControl, RateControl):
             else:
                 counts = counts_from_logits(logits, prior.exp.cpu(), t_milli)
                 out[drop] = legacy.sample(counts) if legacy else sample_at(counts, drop, seed)
+        return out.reshape(h, w)
+
+    @torch.no_grad()
+    def _generate_twin(self, tokens: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
+        """`generate` at temperature 0 with the float twin of the prior (an encoder preview)."""
+        h, w = tokens.shape
+        out = tokens.ravel().copy()
+        ids = schedule.stage_ids(h, w).ravel()
+        keep_flat = keep.ravel()
+        twin = self.model.prior.float_twin()
+        for s, pos in enumerate(schedule.stage_positions(h, w)):
+            drop = pos[~keep_flat[pos]]
+            if not drop.size:
+                continue
+            ctx = np.where(ids < s, out, k).reshape(h, w)
+            where = np.zeros(h * w, dtype=bool)
+            where[drop] = True
+            logits = twin(torch.from_numpy(ctx)[None].to(self.device), k,
+                          torch.from_numpy(where.reshape(h, w))[None].to(self.device))
+            out[drop] = logits.argmax(-1).cpu().numpy()
         return out.reshape(h, w)
 
     @torch.no_grad()
