@@ -23,6 +23,15 @@ def test_upsampling_matches_the_spec_in_float64(src, dst):
     assert np.abs(got - want).max() <= 1 and (got != want).mean() <= 0.01
 
 
+def test_upsampling_in_row_bands_gives_the_same_pixels(monkeypatch):
+    """Large outputs are resampled in bands of rows (bounded memory); every band boundary must
+    leave the pixels unchanged."""
+    rgb = np.random.default_rng(4).integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    whole = resample.upsample(rgb, (101, 67))
+    monkeypatch.setattr(resample, "UPSAMPLE_BAND_VALUES", 3 * 101 * 5 + 7)  # bands of 5 rows
+    assert np.array_equal(resample.upsample(rgb, (101, 67)), whole)
+
+
 def test_upsampling_keeps_flat_and_grey_images_and_changes_nothing_at_the_same_size():
     flat = np.full((12, 20, 3), (200, 30, 90), dtype=np.uint8)
     assert (resample.upsample(flat, (57, 33)) == (200, 30, 90)).all()

@@ -57,6 +57,9 @@ def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(i, 0, n_in - 1), _kernel(c[:, None] - i)
 
 
+UPSAMPLE_BAND_VALUES = 1 << 22  # float32 values per band of output rows (16 MB)
+
+
 def upsample(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Decoded uint8 pixels (h, w, 3) to `size` (width, height): rows, then columns, in
     float32, each result rounded (floor(x + 1/2)) and clipped to 0..255 once at the end."""
@@ -66,14 +69,21 @@ def upsample(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return rgb
     ri, rw = taps(h, h_out)
     ci, cw = taps(w, w_out)
-    x = rgb.astype(np.float32)
-    rows = np.zeros((h_out, w, rgb.shape[2]), dtype=np.float32)
-    for k in range(4):  # vertical pass
-        rows += rw[:, k, None, None].astype(np.float32) * x[ri[:, k]]
-    out = np.zeros((h_out, w_out, rgb.shape[2]), dtype=np.float32)
-    for k in range(4):  # horizontal pass
-        out += cw[None, :, k, None].astype(np.float32) * rows[:, ci[:, k]]
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+    rw, cw = rw.astype(np.float32), cw.astype(np.float32)
+    out = np.empty((h_out, w_out, rgb.shape[2]), dtype=np.uint8)
+    # in bands of output rows, so that the float32 intermediates stay small at photo sizes
+    # (a 12-MP output held 0.5 GB of them); each value is the same sum in the same order
+    step = max(1, UPSAMPLE_BAND_VALUES // (w_out * rgb.shape[2]))
+    for r0 in range(0, h_out, step):
+        r1 = min(h_out, r0 + step)
+        rows = np.zeros((r1 - r0, w, rgb.shape[2]), dtype=np.float32)
+        for k in range(4):  # vertical pass
+            rows += rw[r0:r1, k, None, None] * rgb[ri[r0:r1, k]].astype(np.float32)
+        acc = np.zeros((r1 - r0, w_out, rgb.shape[2]), dtype=np.float32)
+        for k in range(4):  # horizontal pass
+            acc += cw[None, :, k, None] * rows[:, ci[:, k]]
+        out[r0:r1] = np.clip(np.floor(acc + 0.5), 0, 255)
+    return out
 
 
 def coded_fraction(hd: container.Header) -> float:
