@@ -538,8 +538,6 @@ class Codec(ScaleControl, RateControl):
         encoder uses to preview a decode (three times faster; on Kodak 0-3% of the generated
         tokens differ from the exact prior's, near-ties, and the decoded PSNR by at most
         0.03 dB, docs/performance.md session 13). Decoders always use the exact prior."""
-        if not exact and temperature <= 0:
-            return self._generate_twin(tokens, keep, k)
         h, w = tokens.shape
         legacy = LegacyGenerator(seed) if coder_id == 1 else None
         t_milli = int(round(temperature * 1000))
@@ -552,6 +550,9 @@ class Codec(ScaleControl, RateControl):
             if not drop.size:
                 continue
             ctx = np.where(ids < s, out, k).reshape(h, w)
+            if not exact and t_milli <= 0:
+                out[drop] = self.twin_logits(ctx, k, drop).argmax(-1).cpu().numpy()
+                continue
             logits = prior.logits_at(torch.from_numpy(ctx), k, torch.from_numpy(drop))
             if t_milli <= 0:
                 out[drop] = logits.argmax(-1).numpy()
@@ -561,24 +562,13 @@ class Codec(ScaleControl, RateControl):
         return out.reshape(h, w)
 
     @torch.no_grad()
-    def _generate_twin(self, tokens: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
-        """`generate` at temperature 0 with the float twin of the prior (an encoder preview)."""
-        h, w = tokens.shape
-        out = tokens.ravel().copy()
-        ids = schedule.stage_ids(h, w).ravel()
-        keep_flat = keep.ravel()
-        twin = self.model.prior.float_twin()
-        for s, pos in enumerate(schedule.stage_positions(h, w)):
-            drop = pos[~keep_flat[pos]]
-            if not drop.size:
-                continue
-            ctx = np.where(ids < s, out, k).reshape(h, w)
-            where = np.zeros(h * w, dtype=bool)
-            where[drop] = True
-            logits = twin(torch.from_numpy(ctx)[None].to(self.device), k,
-                          torch.from_numpy(where.reshape(h, w))[None].to(self.device))
-            out[drop] = logits.argmax(-1).cpu().numpy()
-        return out.reshape(h, w)
+    def twin_logits(self, ctx: np.ndarray, k: int, positions: np.ndarray) -> torch.Tensor:
+        """The float twin's logits (N, K) at the flat `positions` of a context grid (h, w)
+        (size estimates and encoder previews; never used to code)."""
+        where = np.zeros(ctx.size, dtype=bool)
+        where[positions] = True
+        return self.model.prior.float_twin()(torch.from_numpy(ctx)[None].to(self.device), k,
+                                             torch.from_numpy(where.reshape(ctx.shape))[None].to(self.device))
 
     @torch.no_grad()
     def render(self, tokens: np.ndarray, k: int, size: tuple[int, int], realism: float = 0.0,

@@ -355,28 +355,24 @@ class RateControl:
         if not done:  # no grid fits: the tokens alone
             return self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
         best = done[0] if len(done) == 1 else max(done, key=measured)
-        if polish:
-            best, a = self._polished(a, best, budget, grey, quality_of)
-        return self._exact_grid(a, best, budget, grey)
+        best = self._exact_grid(a, best, budget, grey)
+        return self._polished(a, best, budget, grey, quality_of) if polish else best
 
-    def _polished(self, a: dict, best: EncodeResult, budget: int | None, grey: bool,
-                  quality_of) -> tuple[EncodeResult, dict]:
-        """`best` with its kept tokens polished (`Codec.polish`) and its correction grid refitted
-        to them, if that file fits the budget and its own decode (temperature 0, realism 0,
-        corrected) is better by `quality_of` and no worse by MS-SSIM; else `best`. Returned with
-        the analysis its tokens belong to (the polished copy, or `a`)."""
+    def _polished(self, a: dict, best: EncodeResult, budget: int | None, grey: bool, quality_of) -> EncodeResult:
+        """`best` (its grid fitted to its exact decode, `_exact_grid`) with its kept tokens
+        polished (`Codec.polish`) and its correction grid refitted to their exact decode, if
+        that file fits the budget and its own decode (temperature 0, realism 0, corrected) is
+        better by `quality_of` and no worse by MS-SSIM; else `best`."""
         corr = correction.read_correction(container.unpack(best.data, max_pixels=1 << 62))
         cell = corr.cell if corr is not None else 0
         got = self.polish(a, best, cell)
         if got is None:
-            return best, a
+            return best
         r2, a2 = got
-        best = self._exact_grid(a, best, budget, grey)  # both files judged with grids fitted to their exact decodes
-        corr = correction.read_correction(container.unpack(best.data, max_pixels=1 << 62))
         corr2 = correction.fit(a["rgb"], self.reconstruct(r2, a2, exact=True), cell, corr.steps, grey) if cell else corr
         data = r2.data if corr2 is None else with_correction(r2.data, corr2)
         if budget is not None and len(data) > budget:
-            return best, a
+            return best
 
         def decoded(r: EncodeResult, a: dict, c) -> np.ndarray:  # exact: the polish is judged on what decoders draw
             out = self.reconstruct(r, a, exact=True)
@@ -386,8 +382,8 @@ class RateControl:
         if (quality_of(new) > quality_of(old) and
                 float(ms_ssim(ref, image_to_tensor(Image.fromarray(new)).double())[0])
                 >= float(ms_ssim(ref, image_to_tensor(Image.fromarray(old)).double())[0])):
-            return dataclasses.replace(r2, data=data), a2
-        return best, a
+            return dataclasses.replace(r2, data=data)
+        return best
 
     def reconstruct(self, r: EncodeResult, a: dict, exact: bool = False) -> np.ndarray:
         """What a decoder draws from an encode (temperature 0, fidelity decoder, no correction).
@@ -535,16 +531,11 @@ class RateControl:
         grid = tokens.shape
         blocks, keep = self._mask(a, setting, grid)
         bits = [mask.encode_blocks(entropy.Encoder(), blocks) if blocks is not None else 0.0]
-        twin = self.model.prior.float_twin()
         flat = tokens.ravel()
         floor = 2.0 ** -COUNT_BITS  # as the integer tables: every symbol keeps 1 of 2**20
 
         def token_bits(ctx, k, pos):  # -log2 p(true token) at each position (sorted, flat)
-            where = np.zeros(ctx.size, dtype=bool)
-            where[pos] = True
-            logits = twin(torch.from_numpy(ctx)[None].to(self.device), k,
-                          torch.from_numpy(where.reshape(ctx.shape))[None].to(self.device))
-            logp = torch.log_softmax(logits.float(), -1)
+            logp = torch.log_softmax(self.twin_logits(ctx, k, pos).float(), -1)
             p = logp.gather(1, torch.from_numpy(flat[pos]).to(self.device)[:, None])[:, 0].exp()
             return (-torch.log2(p * (1 - k * floor) + floor)).cpu()
 
