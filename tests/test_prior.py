@@ -68,3 +68,48 @@ def test_counts_do_not_depend_on_which_positions_are_asked():
     allc = ex.counts(toks, 64, torch.arange(256))
     some = ex.counts(toks, 64, torch.tensor([5, 77, 200]))
     assert torch.equal(allc[[5, 77, 200]], some)
+
+
+def _both(p):
+    t = quantize(p)
+    return ExactPrior(p.cfg, t), ExactPrior(p.cfg, t, dtype=torch.int64)
+
+
+def test_float64_evaluation_equals_the_int64_one():
+    """The float64-held integers give the int64 evaluation's logits, on grids with and without
+    window padding, with and without [MASK] (spec section 5: the same integers)."""
+    fast, ref = _both(model(2))
+    assert fast.dtype == torch.float64 and ref.dtype == torch.int64
+    g = torch.Generator().manual_seed(5)
+    for h, w in [(16, 24), (7, 13), (1, 1), (9, 2)]:
+        for k in fast.cfg.codebooks:
+            toks = torch.randint(0, k + 1, (h, w), generator=g)
+            pos = torch.arange(h * w)
+            assert torch.equal(fast.logits_at(toks, k, pos), ref.logits_at(toks, k, pos))
+
+
+def test_float64_evaluation_used_only_where_its_bounds_hold():
+    """Weights whose products could pass 2**52 in float64 are evaluated in int64."""
+    t = quantize(model(3))
+    cfg = model(3).cfg
+    assert max(ExactPrior(cfg, t).float_bounds().values()) < ExactPrior.FLOAT_LIMIT
+    big = dict(t)
+    big["b0.fc1.m"] = t["b0.fc1.m"].to(torch.int64) * (1 << 28)  # multipliers of 2**50: acc * m passes 2**52
+    ex = ExactPrior(cfg, big)
+    assert ex.float_bounds()["scaled_product"] >= ExactPrior.FLOAT_LIMIT
+    assert ex.dtype == torch.int64
+
+
+def test_shipped_prior_runs_in_float64():
+    from pathlib import Path
+
+    import pytest
+    path = Path(__file__).resolve().parents[1] / "weights" / "tokc.safetensors"
+    if not path.is_file():
+        pytest.skip("no shipped weights in this checkout")
+    from tokcodec.weights import load
+    ex = load(path).prior
+    assert ex.dtype == torch.float64
+    toks = torch.randint(0, 1025, (9, 11), generator=torch.Generator().manual_seed(1))
+    ref = ExactPrior(ex.cfg, ex.t, dtype=torch.int64)
+    assert torch.equal(ex.logits_at(toks, 1024, torch.arange(99)), ref.logits_at(toks, 1024, torch.arange(99)))

@@ -179,24 +179,42 @@ def _rowwise(fn, x: torch.Tensor, out_dim: int) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], out_dim)
 
 
+# The integer arithmetic below runs on int64 tensors or on float64 tensors that hold integers.
+# In float64 every step is exact while its operands and result stay below 2**52 in magnitude:
+# sums, differences and products are then exact, a multiplication by 2**-b is exact, and for
+# integers |a| < 2**52, b > 0, floor(fl(a / b)) = floor(a / b) (a quotient that is not an
+# integer lies at least 1/b from the next integer, more than half an ulp of a / b).
+# `ExactPrior.float_bounds` proves those limits for a weights file over every input grid.
+
 def _rshift_round_(v: torch.Tensor, bits: int) -> torch.Tensor:
-    """v / 2**bits rounded half up, in place on v (a fresh integer tensor); returns v."""
+    """v / 2**bits rounded half up, in place on v (a fresh tensor); returns v."""
     v += 1 << (bits - 1)
+    if v.is_floating_point():
+        return v.mul_(2.0 ** -bits).floor_()
     v >>= bits
     return v
 
 
+def _floor_div(num: torch.Tensor, den) -> torch.Tensor:
+    if num.is_floating_point():
+        return torch.floor(num / den)
+    return torch.div(num, den, rounding_mode="floor")
+
+
 def _div_round(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
+    return _floor_div(2 * num + den, 2 * den)
 
 
 def _imatmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Product of integer tensors through float64 (exact: every partial sum < 2**53)."""
+    """Product of integer tensors through float64 (exact: every partial sum < 2**53);
+    the result has a's dtype."""
+    if a.is_floating_point():
+        return torch.matmul(a, b)
     return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int64)
 
 
 def _isqrt(v: torch.Tensor) -> torch.Tensor:
-    s = torch.sqrt(v.to(torch.float64)).to(torch.int64)
+    s = torch.sqrt(v.to(torch.float64)).floor_().to(v.dtype)
     s = torch.where(s * s > v, s - 1, s)
     return torch.where((s + 1) * (s + 1) <= v, s + 1, s)
 
@@ -249,41 +267,84 @@ def quantize(prior: Prior) -> dict[str, torch.Tensor]:
 
 
 class ExactPrior:
-    """Integer evaluation of a quantised prior; bit-identical output on any machine."""
+    """Integer evaluation of a quantised prior; bit-identical output on any machine.
 
-    def __init__(self, cfg: PriorConfig, tensors: dict[str, torch.Tensor], device="cpu"):
+    The integers are held in float64 tensors when `float_bounds` proves every step exact for
+    these weights over every input grid (true of the shipped weights), else in int64: the same
+    values either way, and float64 needs no conversion around the matrix products and divides
+    quickly (docs/performance.md, session 14)."""
+
+    FLOAT_LIMIT = 2.0 ** 51  # bounds are computed in float64: one bit of margin below 2**52
+
+    def __init__(self, cfg: PriorConfig, tensors: dict[str, torch.Tensor], device="cpu", dtype=None):
         self.cfg = cfg
         self.device = torch.device(device)
         self.t = {k: v.to(self.device, torch.int64) for k, v in tensors.items()}
-        # weight matrices also as float64 (exact: |w| < 2**15), converted once, not per matmul
+        if dtype is None:
+            dtype = torch.float64 if max(self.float_bounds().values()) < self.FLOAT_LIMIT else torch.int64
+        self.dtype = dtype
+        # the tensors in the working dtype (exact: all are integers far below 2**52); weight
+        # matrices always as float64, the operand type of the matrix products
+        self.p = {k: v.to(dtype) for k, v in self.t.items()}
         self.w64 = {k: v.to(torch.float64) for k, v in self.t.items() if k.endswith(".w")}
         self.exp = exp_table().to(self.device)
         self.exp64 = self.exp.to(torch.float64)  # the same table as float64 (exact: < 2**17)
         self.rel_idx = rel_index(cfg.window).to(self.device)
         # each layer's relative-position bias, gathered once: (heads, L, L)
-        self.rel = [self.t[f"b{i}.rel"][:, self.rel_idx] for i in range(cfg.depth)]
+        self.rel = [self.p[f"b{i}.rel"][:, self.rel_idx] for i in range(cfg.depth)]
         self._twin: Prior | None = None  # float_twin(), built on first use
 
+    def float_bounds(self) -> dict[str, float]:
+        """Upper bounds, over every input grid, on the magnitudes that a float64 evaluation
+        must keep below 2**52 besides the matrix products' sums (below 2**53 either way;
+        spec/FORMAT.md section 5.3): interval arithmetic per channel, as in the spec, with
+        the sum of squares of a layernorm bounded by sum(X_c**2) + C (the spread around the
+        floored mean is at most the sum of squares plus C)."""
+        cfg, t = self.cfg, {k: v.double() for k, v in self.t.items()}
+        C, L = cfg.dim, cfg.window ** 2
+        worst: dict[str, float] = {}
+
+        def note(name, v):
+            worst[name] = max(worst.get(name, 0.0), float(v))
+
+        def ln(X, name):
+            note("layernorm_sum", X.sum())
+            note("layernorm_sum_of_squares", (X * X).sum() + C)
+            note("layernorm_scaled_difference", 2 * X.max() * (1 << ACT_BITS))
+            y = (1 << ACT_BITS) * (3 * C) ** 0.5 + (1 << ACT_BITS)
+            note("layernorm_product", y * t[f"{name}.g"].abs().max())
+            return torch.floor(y * t[f"{name}.g"].abs() / (1 << GAMMA_BITS)) + t[f"{name}.b"].abs() + 1
+
+        def lin(X, name):
+            acc = X @ t[f"{name}.w"].abs()
+            scaled = acc * t[f"{name}.m"].abs()
+            note("scaled_product", scaled.max() + (1 << (SCALE_SHIFT - 1)))
+            return torch.floor(scaled / (1 << SCALE_SHIFT)) + t[f"{name}.b"].abs() + 1
+
+        for k in cfg.codebooks:
+            X = t[f"emb.{k}"].abs().amax(0)
+            for i in range(cfg.depth):
+                v = lin(ln(X, f"b{i}.ln1"), f"b{i}.qkv")[2 * C:]
+                note("attention_division", L * (1 << EXP_BITS) * (2 * v.max() + 1))
+                X = X + lin(v + 1, f"b{i}.proj")
+                X = X + lin(lin(ln(X, f"b{i}.ln2"), f"b{i}.fc1"), f"b{i}.fc2")
+            lin(ln(X, "ln_out"), f"head.{k}")
+        return worst
+
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        t = self.t
-        acc = _imatmul(x, self.w64[f"{name}.w"])  # already float64: no conversion
-        acc *= t[f"{name}.m"]  # in place on the fresh product
-        return _rshift_round_(acc, SCALE_SHIFT).add_(t[f"{name}.b"])
+        p = self.p
+        acc = _imatmul(x, self.w64[f"{name}.w"])
+        acc *= p[f"{name}.m"]  # in place on the fresh product
+        return _rshift_round_(acc, SCALE_SHIFT).add_(p[f"{name}.b"])
 
     def _layernorm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         c = x.shape[-1]
-        if c & (c - 1) == 0:  # floor division by a power of two is an arithmetic shift
-            def mean_of(v):
-                return v.sum(-1, keepdim=True) >> (c.bit_length() - 1)
-        else:
-            def mean_of(v):
-                return torch.div(v.sum(-1, keepdim=True), c, rounding_mode="floor")
-        d = x - mean_of(x)
-        var = mean_of(d * d)
+        d = x - _floor_div(x.sum(-1, keepdim=True), c)
+        var = _floor_div((d * d).sum(-1, keepdim=True), c)
         std = _isqrt(var + 1).clamp_min(1)  # eps = 2**-16 in real units
-        n = torch.div(d << ACT_BITS, std, rounding_mode="floor")
-        n *= self.t[f"{name}.g"]
-        return _rshift_round_(n, GAMMA_BITS).add_(self.t[f"{name}.b"])
+        n = _floor_div(d * (1 << ACT_BITS), std)
+        n *= self.p[f"{name}.g"]
+        return _rshift_round_(n, GAMMA_BITS).add_(self.p[f"{name}.b"])
 
     def _softmax_weights(self, s: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Integer logits (units 2**-8) -> unnormalised integer weights via the exp table, as
@@ -292,8 +353,8 @@ class ExactPrior:
         if valid is not None:
             s = torch.where(valid, s, torch.full_like(s, -(1 << 40)))
         m = s.amax(-1, keepdim=True)
-        idx = (m - s).clamp_max(self.exp.numel() - 1)
-        return self.exp64[idx]
+        idx = (m - s).clamp_max_(self.exp.numel() - 1)
+        return self.exp64[idx if idx.dtype == torch.int64 else idx.to(torch.int64)]
 
     def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int) -> torch.Tensor:
         """Attention inside windows: qkv (n, L, 3C) with key validity (n, L) -> (n, L, C)."""
@@ -306,9 +367,9 @@ class ExactPrior:
         # windows without padding keys (every window of an unshifted layer on a grid whose
         # sides are multiples of the window) need no key mask: skipping it is exact
         e = self._softmax_weights(s, None if bool(valid.all()) else valid.view(n, 1, 1, L))
-        # e is float64 already; its sums and products with v are exact (< 2**53)
-        num = torch.matmul(e, v.to(torch.float64)).to(torch.int64)
-        out = _div_round(num, e.sum(-1, keepdim=True).to(torch.int64))
+        # e is float64; its sums and products with v are exact (< 2**53)
+        num = torch.matmul(e, v.to(torch.float64)).to(v.dtype)
+        out = _div_round(num, e.sum(-1, keepdim=True).to(num.dtype))
         return out.transpose(1, 2).reshape(n, L, cfg.dim)
 
     def _attention(self, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -328,18 +389,18 @@ class ExactPrior:
         return self._linear(self._linear(self._layernorm(x, f"b{i}.ln2"), f"b{i}.fc1").clamp_min(0), f"b{i}.fc2")
 
     def hidden(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
-        """tokens (H,W) int64 with K = [MASK] -> final normalised features (H,W,dim).
-        Every step works on chunks of about CHUNK tokens, which keeps large grids in cache;
-        integer results do not depend on the chunking."""
-        x = self.t[f"emb.{k}"][tokens.to(self.device)].unsqueeze(0)
+        """tokens (H,W) int64 with K = [MASK] -> final normalised features (H,W,dim), integers
+        in `self.dtype`. Every step works on chunks of about CHUNK tokens, which keeps large
+        grids in cache; integer results do not depend on the chunking."""
+        x = self.p[f"emb.{k}"][tokens.to(self.device)].unsqueeze(0)
         for i in range(self.cfg.depth):
             x = x + self._attention(_rowwise(lambda r: self._layernorm(r, f"b{i}.ln1"), x, self.cfg.dim), i)
             x = x + _rowwise(lambda r: self._mlp(r, i), x, self.cfg.dim)
         return _rowwise(lambda r: self._layernorm(r, "ln_out"), x, self.cfg.dim)[0]
 
     def logits(self, feats: torch.Tensor, k: int) -> torch.Tensor:
-        """Features (N,dim) -> integer logits (N,K) in units of 2**-8."""
-        return self._linear(feats, f"head.{k}")
+        """Features (N,dim) -> integer logits (N,K) in units of 2**-8, int64."""
+        return self._linear(feats.to(self.dtype), f"head.{k}").to(torch.int64)
 
     def logits_at(self, tokens: torch.Tensor, k: int, positions: torch.Tensor) -> torch.Tensor:
         """Integer logits (N,K), on the CPU, for the flat positions given, from one forward pass."""
