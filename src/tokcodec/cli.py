@@ -232,13 +232,14 @@ class EncodeOptions:
     blocks: str = "rd"
     tokens: str = "rd"
     scale: float | None = None
+    effort: str = "full"
 
 
 def encode_bytes(raw: bytes, name: str, o: EncodeOptions) -> bytes:
     from .codec import get_codec
     img = load_image(raw, o.max_pixels, name)
     r, msg = encode_to_target(get_codec(o.weights, o.device), img, name, o.bpp, o.nbytes, o.k, o.mode, o.quantile,
-                              o.given, o.strict, o.correct, o.blocks, o.tokens, o.scale)
+                              o.given, o.strict, o.correct, o.blocks, o.tokens, o.scale, o.effort)
     if msg and not o.quiet:
         note(msg)
     if o.verbose:
@@ -280,7 +281,8 @@ def decode_file(src: Path, dst: Path, target: str, opts: DecodeOptions) -> None:
 
 def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | None, k: int | None,
                      mode: str | None, quantile: float | None, given: bool, strict: bool,
-                     correct: bool = True, blocks: str = "rd", tokens: str = "rd", scale: float | None = None):
+                     correct: bool = True, blocks: str = "rd", tokens: str = "rd", scale: float | None = None,
+                     effort: str = "full"):
     """codec.encode, plus what the target meant: (result, note or None). Without --bpp/--bytes,
     an image too small for the default target (1x1, 17x9) gets the smallest file and a note.
     With a target above what the richest setting needs, the file is smaller than the target:
@@ -288,7 +290,7 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
     from .codec import CodecError, TargetError
     w, h = img.size
     try:
-        r = codec.encode(img, bpp, nbytes, k, mode, quantile, correct, blocks, tokens, scale)
+        r = codec.encode(img, bpp, nbytes, k, mode, quantile, correct, blocks, tokens, scale, effort)
     except TargetError as e:
         if given or strict:
             raise
@@ -333,6 +335,9 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
 @click.option("--scale", type=ScaleParam(), default="auto", show_default=True,
               help="code a smaller copy of the image, shown at full size by the decoder: a fraction of width "
                    "and height in (0, 1], or auto (rate control tries several; 1 is fastest)")
+@click.option("--effort", type=click.Choice(["full", "fast"]), default="full", show_default=True,
+              help="how hard rate control searches: full (coded scales, several correction grids, token "
+                   "polish) or fast (about 2-3x faster, a little lower quality; for large folders)")
 @click.option("-f", "--force", is_flag=True, help="write a .tkc to a terminal anyway")
 @click.option("-v", "--verbose", is_flag=True, help="print the chosen setting and sizes")
 @with_options(batch_opts)
@@ -340,8 +345,8 @@ def encode_to_target(codec, img, name: str, bpp: float | None, nbytes: int | Non
 @device_opt
 @maxpix_opt
 @threads_opt
-def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, tokens, no_correction, scale, force, verbose,
-           output_dir, recursive, overwrite, quiet, n_jobs, weights, device, max_pixels, threads):
+def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, tokens, no_correction, scale, effort, force,
+           verbose, output_dir, recursive, overwrite, quiet, n_jobs, weights, device, max_pixels, threads):
     """Encode images to .tkc: `tokc encode IN OUT` (- for stdin/stdout), or
     `tokc encode FILES|FOLDERS... -o OUTDIR` for many files."""
     single = batch_or_single(paths, output_dir)
@@ -355,7 +360,7 @@ def encode(paths, bpp, nbytes, strict, codebook, mode, quantile, blocks, tokens,
         bpp = DEFAULT_BPP
     k = int(codebook) if codebook else None
     opts = EncodeOptions(bpp, nbytes, k, mode, quantile, given, strict, not no_correction, quiet, verbose,
-                         weights, device, max_pixels, blocks, tokens, scale)
+                         weights, device, max_pixels, blocks, tokens, scale, effort)
     if single:
         src, dst = single
         check_input(src)

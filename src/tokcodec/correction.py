@@ -177,11 +177,13 @@ def difference(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
 
 
 def fit(original: np.ndarray, decoded: np.ndarray, cell: int, steps: tuple[int, int],
-        grey: bool = False, diff: np.ndarray | None = None) -> Correction:
+        grey: bool = False, diff: np.ndarray | None = None, means: np.ndarray | None = None) -> Correction:
     """Quantised cell means of original - decoded in YCbCr (uint8 (H, W, 3) images); `diff`:
-    their `difference`, when already known."""
-    diff = difference(original, decoded) if diff is None else diff
-    means = cell_means(diff, cell)[:1 if grey else 3]
+    their `difference`, `means`: its `cell_means` for this cell, when already known (rate
+    control fits every quantiser step of a cell from one)."""
+    if means is None:
+        means = cell_means(difference(original, decoded) if diff is None else diff, cell)
+    means = means[:1 if grey else 3]
     step = np.array([steps[0], steps[1], steps[1]], dtype=np.float64)[:len(means), None, None]
     q = np.clip(np.round(means / step), -VALUE_MAX, VALUE_MAX).astype(np.int64)
     return Correction(cell, grey, steps, q)

@@ -56,10 +56,14 @@ def partition(x: torch.Tensor, win: int, shift: int):
     B, H, W, C = x.shape
     Hp = -(-(H + shift) // win) * win
     Wp = -(-(W + shift) // win) * win
-    xp = x.new_zeros(B, Hp, Wp, C)
-    xp[:, shift:shift + H, shift:shift + W] = x
-    valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
-    valid[shift:shift + H, shift:shift + W] = True
+    if (Hp, Wp) == (H, W):  # shift 0 on a grid of whole windows: no padding to write
+        xp = x.contiguous()
+        valid = torch.ones(Hp, Wp, dtype=torch.bool, device=x.device)
+    else:
+        xp = x.new_zeros(B, Hp, Wp, C)
+        xp[:, shift:shift + H, shift:shift + W] = x
+        valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
+        valid[shift:shift + H, shift:shift + W] = True
     nh, nw = Hp // win, Wp // win
     xw = xp.view(B, nh, win, nw, win, C).permute(0, 1, 3, 2, 4, 5).reshape(B * nh * nw, win * win, C)
     vw = valid.view(nh, win, nw, win).permute(0, 2, 1, 3).reshape(nh * nw, win * win)
@@ -108,9 +112,12 @@ class Block(nn.Module):
         q, k, v = xw.view(n, L, 3, cfg.heads, hd).permute(2, 0, 3, 1, 4)
         bias = self.rel[:, rel_index(cfg.window).to(x.device)]  # (heads, L, L)
         nwin = valid.shape[0]
-        keymask = torch.where(valid, 0.0, float("-inf")).to(x.dtype)  # (nW, L)
-        bias = bias.unsqueeze(0) + keymask.view(nwin, 1, 1, L)  # (nW, heads, L, L)
-        bias = bias.repeat(n // nwin, 1, 1, 1)
+        if bool(valid.all()):  # no padding keys: one bias for every window (broadcast)
+            bias = bias.unsqueeze(0)
+        else:
+            keymask = torch.where(valid, 0.0, float("-inf")).to(x.dtype)  # (nW, L)
+            bias = bias.unsqueeze(0) + keymask.view(nwin, 1, 1, L)  # (nW, heads, L, L)
+            bias = bias.repeat(n // nwin, 1, 1, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         out = out.transpose(1, 2).reshape(n, L, cfg.dim)
         return self.proj(unpartition(out, cfg.window, layout))

@@ -63,7 +63,19 @@ COLOUR_WEIGHT = 0.2
 CORRECTION_TRIALS = 3
 TRIAL_MAX_TOKENS = 16384
 RECONSTRUCT_CACHE_BYTES = 64 << 20  # decodes rate control keeps for the correction search
+# How hard rate control searches (`RateControl.encode`'s effort): "full" searches coded scales,
+# makes CORRECTION_TRIALS files and polishes the winner's tokens; "fast" codes at the predicted
+# scale, makes one file and does not polish (docs/performance.md, session 14)
+EFFORTS = ("full", "fast")
 CORRECTION_MAX_SHARE = 1.0  # largest share of the budget a grid may take (1.0: only the half-of-tokens rule)
+
+
+def unreachable(budget: int, smallest: "EncodeResult", size: tuple[int, int]) -> str:
+    """The message of a TargetError: the target and the smallest file, in bytes and in bits per
+    pixel of `size` (the size the file is shown at)."""
+    w, h = size
+    return (f"target {8 * budget / (w * h):.4f} bpp ({budget} bytes) cannot be reached for this image; "
+            f"the smallest setting gives {8 * len(smallest.data) / (w * h):.4f} bpp ({len(smallest.data)} bytes)")
 
 
 class TargetError(CodecError):
@@ -218,27 +230,31 @@ class RateControl:
     def encode(self, image: Image.Image, bpp: float | None = None, nbytes: int | None = None,
                codebook: int | None = None, mode: str | None = None,
                quantile: float | None = None, correct: bool = True, blocks: str = "rd",
-               tokens: str = "rd", scale: float | None = None) -> EncodeResult:
+               tokens: str = "rd", scale: float | None = None, effort: str = "full") -> EncodeResult:
         """Encode with the setting of highest expected quality whose whole file fits the target
         (or, without a target, the richest setting allowed by the other options); `nbytes`
         wins over `bpp`. `correct`: add a tone and colour correction where it pays. `blocks`:
         how edge modes choose their blocks ("rd" or "edge", `Codec.block_scores`). `tokens`:
         which codeword each position codes ("rd" or "nearest", `Codec.tokens_for`). `scale`:
         the coded scale (a fraction of width and height, 0 < scale <= 1); None: the best of
-        several (scalecontrol.py) when there is a target, else 1."""
+        several (scalecontrol.py) when there is a target, else 1. `effort`: "full" searches
+        coded scales, makes CORRECTION_TRIALS correction options and polishes the tokens;
+        "fast" codes at the predicted scale, makes one option and does not polish (several
+        times faster; docs/performance.md, session 14)."""
         if not isinstance(image, Image.Image):
             raise ArgumentTypeError(f"image must be a PIL image, got {type(image).__name__}")
         bpp, nbytes, codebook, mode, quantile = self.check_encode_options(bpp, nbytes, codebook, mode, quantile)
         if scale is not None:
             scale = errors.check_real("scale", scale, 0.0, 1.0, lo_open=True)
+        errors.check_choice("effort", effort, EFFORTS)
         w, h = image.size
         budget = int(nbytes) if nbytes is not None else (
             int(np.floor(bpp * w * h / 8)) if bpp is not None else None)
         if scale == 1.0 or (scale is None and budget is None):  # one analysis, no resampling
-            return self.encode_analysed(self.analyse(image, blocks, tokens), budget, codebook, mode,
+            return self.encode_analysed(self.analyse(image, blocks, tokens, effort), budget, codebook, mode,
                                         quantile, correct=correct)
-        return self.encode_prepared(self.prepare(image, blocks, tokens), budget, codebook, mode, quantile,
-                                    correct, scale)
+        return self.encode_prepared(self.prepare(image, blocks, tokens, effort), budget, codebook, mode,
+                                    quantile, correct, scale)
 
     def check_encode_options(self, bpp, nbytes, codebook, mode, quantile) -> tuple:
         """Validated encoder options (ArgumentError naming the option and its allowed values)."""
@@ -301,8 +317,9 @@ class RateControl:
             gh, gw = correction.grid_shape(*a["size"], cell)
             if gh * gw < 1:
                 continue
+            means = correction.cell_means(diff, cell)
             for steps in CORRECTION_STEPS:
-                corr = correction.fit(rgb, d0, cell, steps, grey, diff)
+                corr = correction.fit(rgb, d0, cell, steps, grey, means=means)
                 cost = correction.extension_bytes(corr)
                 if budget is not None and cost > min(token_bytes // 2 - 1, CORRECTION_MAX_SHARE * budget):
                     continue
@@ -344,7 +361,8 @@ class RateControl:
             return quality_of(out if corr is None else correction.apply(out, corr))
 
         small = a["strength"].size * 4 <= TRIAL_MAX_TOKENS
-        trials = CORRECTION_TRIALS if budget is not None and small else 1
+        fast = a.get("effort") == "fast"
+        trials = CORRECTION_TRIALS if budget is not None and small and not fast else 1
         done: list[EncodeResult] = []
         for _, cost, cfg in ranked:
             r = realise(cost, cfg)
@@ -356,7 +374,7 @@ class RateControl:
             return self.encode_tokens(a, budget, codebook, mode, quantile, allowed)
         best = done[0] if len(done) == 1 else max(done, key=measured)
         best = self._exact_grid(a, best, budget, grey)
-        return self._polished(a, best, budget, grey, quality_of) if polish else best
+        return self._polished(a, best, budget, grey, quality_of) if polish and not fast else best
 
     def _polished(self, a: dict, best: EncodeResult, budget: int | None, grey: bool, quality_of) -> EncodeResult:
         """`best` (its grid fitted to its exact decode, `_exact_grid`) with its kept tokens
@@ -486,10 +504,7 @@ class RateControl:
                 return Planned(best, len(exact(best).data)) if plan else exact(best)
         # nothing fits: name the smallest setting (by estimate; its size is exact)
         smallest = exact(min((g[0] for g in groups), key=estimate))
-        got = 8 * len(smallest.data) / (w * h)
-        raise TargetError(f"target {8 * budget / (w * h):.4f} bpp ({budget} bytes) cannot be reached "
-                          f"for this image; the smallest setting gives {got:.4f} bpp "
-                          f"({len(smallest.data)} bytes)", smallest)
+        raise TargetError(unreachable(budget, smallest, (w, h)), smallest)
 
     def exact(self, a: dict, s: Setting) -> EncodeResult:
         """The exact encode of a setting, kept in the analysis: every search on it shares them."""
@@ -533,9 +548,10 @@ class RateControl:
         bits = [mask.encode_blocks(entropy.Encoder(), blocks) if blocks is not None else 0.0]
         flat = tokens.ravel()
         floor = 2.0 ** -COUNT_BITS  # as the integer tables: every symbol keeps 1 of 2**20
+        bf16 = a.get("effort") == "fast"  # bfloat16 passes: faster, estimates a few bits apart
 
         def token_bits(ctx, k, pos):  # -log2 p(true token) at each position (sorted, flat)
-            logp = torch.log_softmax(self.twin_logits(ctx, k, pos).float(), -1)
+            logp = torch.log_softmax(self.twin_logits(ctx, k, pos, bf16).float(), -1)
             p = logp.gather(1, torch.from_numpy(flat[pos]).to(self.device)[:, None])[:, 0].exp()
             return (-torch.log2(p * (1 - k * floor) + floor)).cpu()
 

@@ -23,9 +23,9 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from . import container, correction, resample
+from . import container, correction, errors, resample
 from .metrics import region_lab
-from .ratecontrol import TRIAL_MAX_TOKENS, EncodeResult, TargetError, measured_quality
+from .ratecontrol import EFFORTS, TRIAL_MAX_TOKENS, EncodeResult, TargetError, measured_quality, unreachable
 
 PREDICTED_BPP = 0.025
 # From this target up the photo is coded at its own size: on Kodak at 0.02 bpp the full-size file
@@ -67,9 +67,9 @@ class ScaleControl:
             try:
                 r = scaled(self.encode_analysed(a, None if inner is None else max(inner, 1), codebook, mode,
                                                 quantile, allowed, correct, polish, shown))
-            except TargetError as e:
-                e.smallest = scaled(e.smallest)
-                raise
+            except TargetError as e:  # the smallest file shown at `shown`, against the whole budget
+                small = scaled(e.smallest)
+                raise (e if budget is None else TargetError(unreachable(budget, small, shown), small)) from None
             if budget is None or len(r.data) <= budget:
                 return r
             inner -= len(r.data) - budget
@@ -86,12 +86,13 @@ class ScaleControl:
         img = self.finish_pixels(Image.fromarray(self.reconstruct(r, a, exact=True)), correction.read_correction(c))
         return np.asarray(resample.show(img, c))
 
-    def prepare(self, image: Image.Image, blocks: str = "rd", tokens: str = "rd") -> dict:
+    def prepare(self, image: Image.Image, blocks: str = "rd", tokens: str = "rd", effort: str = "full") -> dict:
         """What every encode of a photo shares: the photo, and each coded scale's analyses
         (made when first needed)."""
+        errors.check_choice("effort", effort, EFFORTS)
         rgb = np.asarray(image.convert("RGB"))
         return {"image": image, "rgb": rgb, "size": image.size, "blocks": blocks, "tokens": tokens,
-                "analyses": {}, "lab": None}
+                "effort": effort, "analyses": {}, "lab": None}
 
     def analysis_at(self, p: dict, size: tuple[int, int], rule: str | None = None) -> dict:
         """The analysis of the photo's copy at `size` for token rule `rule` (default: the
@@ -102,10 +103,11 @@ class ScaleControl:
         if key not in p["analyses"]:
             near = p["analyses"].get((size, "nearest"))
             if rule == "rd" and near is not None:
-                shared = ("size", "z", "strength", "rgb", "padded", "blocks", "nearest", "counts")
+                shared = ("size", "z", "strength", "rgb", "padded", "blocks", "effort", "nearest", "counts")
                 p["analyses"][key] = {**{f: near[f] for f in shared if f in near}, "tokens": {}, "tokens_rule": "rd"}
             else:
-                p["analyses"][key] = self.analyse(resample.downscale(p["image"], size), p["blocks"], rule)
+                p["analyses"][key] = self.analyse(resample.downscale(p["image"], size), p["blocks"], rule,
+                                                  p["effort"])
         return p["analyses"][key]
 
     def encode_prepared(self, p: dict, budget: int | None, codebook: int | None = None,
@@ -135,6 +137,14 @@ class ScaleControl:
         start = sizes.index(resample.coded_size(size, predicted_scale(8 * budget / (w * h))))
         if np.prod(container.grid_size(*sizes[start])) > TRIAL_MAX_TOKENS:  # large photo: one file
             return make(ladder[start][1])
+        if p["effort"] == "fast":  # no search: the predicted scale, smaller ones if it cannot fit
+            failed: list[TargetError] = []
+            for i in range(start, -1, -1):
+                try:
+                    return make(ladder[i][1])
+                except TargetError as e:
+                    failed.append(e)
+            raise min(failed, key=lambda e: len(e.smallest.data))
         if p["lab"] is None:
             p["lab"] = region_lab(p["rgb"])
         errors: list[TargetError] = []
