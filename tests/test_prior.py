@@ -113,3 +113,59 @@ def test_shipped_prior_runs_in_float64():
     toks = torch.randint(0, 1025, (9, 11), generator=torch.Generator().manual_seed(1))
     ref = ExactPrior(ex.cfg, ex.t, dtype=torch.int64)
     assert torch.equal(ex.logits_at(toks, 1024, torch.arange(99)), ref.logits_at(toks, 1024, torch.arange(99)))
+
+
+def test_large_grid_allocation_policy_changes_no_value(monkeypatch):
+    """Grids from LARGE_GRID_TOKENS up run with freed blocks kept for reuse (memory.py); the
+    logits must be those of the usual allocation, for the exact and the float evaluation."""
+    import tokcodec.prior as P
+    from tokcodec import memory
+    p = model(4)
+    fast, _ = _both(p)
+    toks = torch.randint(0, 65, (10, 14), generator=torch.Generator().manual_seed(2))
+    pos = torch.arange(140)
+    want = fast.logits_at(toks, 64, pos)
+    with torch.no_grad():
+        want_twin = p(toks[None], 64)
+    monkeypatch.setattr(P, "LARGE_GRID_TOKENS", 1)
+    calls = []
+    real = memory.reuse_large_blocks
+
+    def spy(enabled=True):
+        calls.append(enabled)
+        return real(enabled)
+    monkeypatch.setattr(P, "reuse_large_blocks", spy)
+    assert torch.equal(fast.logits_at(toks, 64, pos), want)
+    with torch.no_grad():
+        assert torch.equal(p(toks[None], 64), want_twin)
+    assert calls == [True, True]
+
+
+def test_reuse_large_blocks_restores_the_allocator_even_on_errors(monkeypatch):
+    """Thresholds raised inside, set back and the heap trimmed on leaving (also after an
+    exception); nothing at all when disabled or where there is no glibc."""
+    import pytest
+    from tokcodec import memory
+    log = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            log.append(("mallopt", param, value))
+
+        def malloc_trim(self, pad):
+            log.append(("trim", pad))
+    monkeypatch.setattr(memory, "_glibc", lambda: FakeLibc())
+    with pytest.raises(RuntimeError):
+        with memory.reuse_large_blocks():
+            assert log == [("mallopt", memory.M_MMAP_THRESHOLD, memory.HELD_THRESHOLD),
+                           ("mallopt", memory.M_TRIM_THRESHOLD, 2 * memory.HELD_THRESHOLD)]
+            raise RuntimeError
+    assert log[2:] == [("mallopt", memory.M_MMAP_THRESHOLD, memory.DEFAULT_MMAP_THRESHOLD),
+                       ("mallopt", memory.M_TRIM_THRESHOLD, memory.DEFAULT_TRIM_THRESHOLD), ("trim", 0)]
+    log.clear()
+    with memory.reuse_large_blocks(False):
+        pass
+    monkeypatch.setattr(memory, "_glibc", lambda: None)
+    with memory.reuse_large_blocks():
+        pass
+    assert log == []

@@ -306,10 +306,15 @@ def extension_bytes(tag: int, body: bytes) -> int:
     return len(head) + len(body)
 
 
+def unpack_own(data: bytes) -> Container:
+    """`unpack` of a file this process made (the encoder's files): no pixel limit."""
+    return unpack(data, max_pixels=1 << 62)
+
+
 def with_extension(data: bytes, tag: int, body: bytes | None, minor: int = 0) -> bytes:
     """A packed file with extension `tag` set to `body` (None: removed), appended after the
     others, and its minor raised to at least `minor`."""
-    c = unpack(data, max_pixels=1 << 62)
+    c = unpack_own(data)
     hd = c.header
     exts = [e for e in hd.extensions if e[0] != tag] + ([] if body is None else [(tag, body)])
     return pack(Container(dataclasses.replace(hd, extensions=exts, minor=max(hd.minor, minor)), c.payload))

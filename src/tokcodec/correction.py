@@ -256,6 +256,11 @@ def read_correction(c: Container) -> "Correction | None":
     return unpack(bodies[0], c.header.width, c.header.height) if bodies else None
 
 
+def correction_of(data: bytes) -> "Correction | None":
+    """The correction of a file this process made (`read_correction` of `container.unpack_own`)."""
+    return read_correction(container.unpack_own(data))
+
+
 def extension_bytes(corr: "Correction") -> int:
     """Bytes the correction adds to a file that has none: tag, length and body."""
     return container.extension_bytes(TAG, pack(corr))

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .memory import reuse_large_blocks
+
 
 @dataclass
 class PriorConfig:
@@ -142,11 +144,13 @@ class Prior(nn.Module):
     def forward(self, tokens: torch.Tensor, k: int, where: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B,H,W) with K = [MASK] -> logits (B,H,W,K), or (N,K) at the N positions
         where the boolean (B,H,W) `where` is set (saves the output head elsewhere)."""
-        x = self.emb[str(k)](tokens)
-        for blk in self.blocks:
-            x = blk(x)
-        x = self.ln_out(x)
-        return self.head[str(k)](x if where is None else x[where])
+        large = not torch.is_grad_enabled() and tokens.numel() >= LARGE_GRID_TOKENS and tokens.device.type == "cpu"
+        with reuse_large_blocks(large):  # the encoder's estimates on photo-size grids
+            x = self.emb[str(k)](tokens)
+            for blk in self.blocks:
+                x = blk(x)
+            x = self.ln_out(x)
+            return self.head[str(k)](x if where is None else x[where])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +177,9 @@ def exp_table() -> torch.Tensor:
 
 
 CHUNK = 2048            # tokens per block of work in the exact evaluation (speed only)
+# grids from this many tokens up (about 4 MP) run a pass with freed blocks kept for reuse
+# (memory.py): their whole-grid tensors are over glibc's 32 MB mmap threshold
+LARGE_GRID_TOKENS = 16384
 
 
 def _rowwise(fn, x: torch.Tensor, out_dim: int) -> torch.Tensor:
@@ -380,16 +387,21 @@ class ExactPrior:
         return out.transpose(1, 2).reshape(n, L, cfg.dim)
 
     def _attention(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """Shifted-window attention of layer i on normalised features x (1, H, W, C)."""
+        """Shifted-window attention of layer i on normalised features x (1, H, W, C). The
+        features are cut into windows first and q, k, v computed per chunk of windows (a third
+        of the memory of cutting qkv): a padding position then holds qkv's bias where the
+        spec's zero grid holds 0, which changes nothing, since a padding key's weight is
+        exactly 0 and a padding query's output is dropped."""
         cfg = self.cfg
         shift = (i % 2) * (cfg.window // 2)
-        qkv = _rowwise(lambda r: self._linear(r, f"b{i}.qkv"), x, 3 * cfg.dim)
-        xw, valid, layout = partition(qkv, cfg.window, shift)
-        n, L, _ = xw.shape  # one image: n = number of windows
+        xw, valid, layout = partition(x, cfg.window, shift)
+        n, L, C = xw.shape  # one image: n = number of windows
         out = xw.new_empty(n, L, cfg.dim)
         step = max(1, CHUNK // L)
         for a in range(0, n, step):
-            out[a:a + step] = self._window_attention(xw[a:a + step], valid[a:a + step], i)
+            part = xw[a:a + step]
+            qkv = self._linear(part.reshape(-1, C), f"b{i}.qkv").view(part.shape[0], L, 3 * cfg.dim)
+            out[a:a + step] = self._window_attention(qkv, valid[a:a + step], i)
         return _rowwise(lambda r: self._linear(r, f"b{i}.proj"), unpartition(out, cfg.window, layout), cfg.dim)
 
     def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -399,11 +411,12 @@ class ExactPrior:
         """tokens (H,W) int64 with K = [MASK] -> final normalised features (H,W,dim), integers
         in `self.dtype`. Every step works on chunks of about CHUNK tokens, which keeps large
         grids in cache; integer results do not depend on the chunking."""
-        x = self.p[f"emb.{k}"][tokens.to(self.device)].unsqueeze(0)
-        for i in range(self.cfg.depth):
-            x = x + self._attention(_rowwise(lambda r: self._layernorm(r, f"b{i}.ln1"), x, self.cfg.dim), i)
-            x = x + _rowwise(lambda r: self._mlp(r, i), x, self.cfg.dim)
-        return _rowwise(lambda r: self._layernorm(r, "ln_out"), x, self.cfg.dim)[0]
+        with reuse_large_blocks(tokens.numel() >= LARGE_GRID_TOKENS and self.device.type == "cpu"):
+            x = self.p[f"emb.{k}"][tokens.to(self.device)].unsqueeze(0)
+            for i in range(self.cfg.depth):
+                x += self._attention(_rowwise(lambda r: self._layernorm(r, f"b{i}.ln1"), x, self.cfg.dim), i)
+                x += _rowwise(lambda r: self._mlp(r, i), x, self.cfg.dim)
+            return _rowwise(lambda r: self._layernorm(r, "ln_out"), x, self.cfg.dim)[0]
 
     def logits(self, feats: torch.Tensor, k: int) -> torch.Tensor:
         """Features (N,dim) -> integer logits (N,K) in units of 2**-8, int64."""

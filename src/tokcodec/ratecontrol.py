@@ -356,7 +356,7 @@ class RateControl:
             return None
 
         def measured(r: EncodeResult) -> float:
-            corr = correction.read_correction(container.unpack(r.data, max_pixels=1 << 62))
+            corr = correction.correction_of(r.data)
             out = self.reconstruct(r, a)
             return quality_of(out if corr is None else correction.apply(out, corr))
 
@@ -381,7 +381,7 @@ class RateControl:
         polished (`Codec.polish`) and its correction grid refitted to their exact decode, if
         that file fits the budget and its own decode (temperature 0, realism 0, corrected) is
         better by `quality_of` and no worse by MS-SSIM; else `best`."""
-        corr = correction.read_correction(container.unpack(best.data, max_pixels=1 << 62))
+        corr = correction.correction_of(best.data)
         cell = corr.cell if corr is not None else 0
         got = self.polish(a, best, cell)
         if got is None:
@@ -431,7 +431,7 @@ class RateControl:
         decode of its tokens, where rate control fitted it to a preview that generated some
         dropped tokens differently; kept only if the file still fits (else `r`, whose grid is
         valid too, fitted to a decode a few tokens away)."""
-        corr = correction.read_correction(container.unpack(r.data, max_pixels=1 << 62))
+        corr = correction.correction_of(r.data)
         if corr is None or not corr.cell or r.setting.mode == "entire":
             return r
         fitted = correction.fit(a["rgb"], self.reconstruct(r, a, exact=True), corr.cell, corr.steps, grey)

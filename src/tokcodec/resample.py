@@ -112,7 +112,7 @@ def show(img: Image.Image, c: Container) -> Image.Image:
 
 def with_display(data: bytes, size: tuple[int, int] | None) -> bytes:
     """A packed file with extension 3 set to `size` (None, or the coded size: removed)."""
-    hd = container.unpack(data, max_pixels=1 << 62).header
+    hd = container.unpack_own(data).header
     keep = size is not None and tuple(size) != (hd.width, hd.height)
     return container.with_extension(data, DISPLAY_TAG, container.display_body(size) if keep else None)
 
