@@ -18,8 +18,9 @@ Nyquist and Nyquist; median over images) and colour error (mean CIEDE2000 on bot
 box-downscaled 16x). `--split holdout` benches the second test set instead: the training
 photos that `train.data.is_holdout` sets aside (never trained on since the split).
 
-Also tokc's speed and peak memory at 0.03 bpp (a Kodak image and a 12-MP mosaic, each in a
-fresh process) unless --no-speed. Writes OUT/benchmarks.md, OUT/benchmarks.json,
+Also tokc's speed and peak memory at 0.03 bpp (a Kodak image, median of three fresh-process
+runs, and a 12-MP mosaic) and folder conversion of the whole set at each effort, unless
+--no-speed. Writes OUT/benchmarks.md, OUT/benchmarks.json,
 OUT/rd-*.png and OUT/crops-<target>.png.
 """
 
@@ -278,9 +279,14 @@ def mosaic(files: list[Path], cols: int = 5, rows: int = 6) -> Image.Image:
     return out
 
 
-def speed(files: list[Path], bpp: float = 0.03) -> list[dict]:
+SPEED_RUNS = 3  # fresh-process runs of the Kodak image (median); the 12-MP photo runs once
+
+
+def speed(files: list[Path], bpp: float = 0.03) -> tuple[list[dict], list[dict]]:
     """tokc encode (rate control included) and decode time and peak memory, each in its own
-    fresh process (the decode's peak is the decoder's alone)."""
+    fresh process (the decode's peak is the decoder's alone): the first image SPEED_RUNS times
+    (medians, largest peaks) and a 12-MP mosaic once; and folder conversion of all `files`
+    (`tokc encode DIR -o OUT`, default workers) at each effort."""
     out = []
     with tempfile.TemporaryDirectory() as d:
         big = Path(d) / "mosaic-3840x3072.png"
@@ -294,14 +300,36 @@ def speed(files: list[Path], bpp: float = 0.03) -> list[dict]:
                 print(f"speed run failed for {args[1]}: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                 return None
             return json.loads(r.stdout.strip().splitlines()[-1])
-        for name, path in ((files[0].stem, files[0]), ("12-MP mosaic 3840x3072", big)):
+        for name, path, runs in ((files[0].stem, files[0], SPEED_RUNS), ("12-MP mosaic 3840x3072", big, 1)):
             tkc = Path(d) / "speed.tkc"
-            enc = run("encode", path, tkc, bpp)
-            dec = enc and run("decode", tkc, Path(d) / "speed.png")
-            if dec:
-                out.append({**enc, "image": name, "decode_s": dec["decode_s"], "encode_peak_mb": enc["peak_mb"],
-                            "decode_peak_mb": dec["peak_mb"], "load_s": max(enc["load_s"], dec["load_s"])})
-    return out
+            got = []
+            for _ in range(runs):
+                enc = run("encode", path, tkc, bpp)
+                dec = enc and run("decode", tkc, Path(d) / "speed.png")
+                if dec:
+                    got.append({**enc, "image": name, "decode_s": dec["decode_s"], "encode_peak_mb": enc["peak_mb"],
+                                "decode_peak_mb": dec["peak_mb"], "load_s": max(enc["load_s"], dec["load_s"])})
+            if got:
+                med = {k: float(np.median([g[k] for g in got])) for k in ("encode_s", "decode_s", "load_s")}
+                peaks = {k: max(g[k] for g in got) for k in ("encode_peak_mb", "decode_peak_mb")}
+                out.append({**got[0], **med, **peaks, "runs": len(got)})
+        folder = Path(d) / "photos"
+        folder.mkdir()
+        for f in files:
+            (folder / f.name).symlink_to(f.resolve())
+        folders = []
+        for effort in ("full", "fast"):
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "tokcodec.cli", "encode", str(folder), "-o",
+                                str(Path(d) / f"out-{effort}"), "--bpp", str(bpp), "--effort", effort, "-q"],
+                               capture_output=True, text=True, timeout=7200, env=env)
+            seconds = time.perf_counter() - t0
+            if r.returncode:
+                print(f"folder conversion failed ({effort}): {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                continue
+            folders.append({"effort": effort, "images": len(files), "seconds": seconds,
+                            "per_min": 60 * len(files) / seconds})
+    return out, folders
 
 
 _WORKER: dict = {}
@@ -378,7 +406,7 @@ def main(argv=None) -> None:
     plots = rd_plots(summary, tokc_cols + ["VVC best", "AVIF best"], out, f"Kodak ({len(files)} images)")
     sheets = [f"crops-{t:g}.jpg" for t in targets
               if crop_sheet(rows, originals, t, tokc_cols + ["VVC best", "AVIF best"], out / f"crops-{t:g}.jpg")]
-    speeds = [] if args.no_speed else speed(files)
+    speeds, folders = ([], []) if args.no_speed else speed(files)
     import PIL
     cmd = "python -m tokcodec.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# Benchmarks: tokc against classic codecs at equal bytes", "",
@@ -405,13 +433,17 @@ def main(argv=None) -> None:
               "at 2x, JPEG q95 4:4:4): " + ", ".join(f"[{s}]({s})" for s in sheets), ""]
     if speeds:
         lines += ["", "## tokc speed and memory", "", "`--bpp 0.03` (rate control included) and a decode at the "
-                  "default realism, each image in a fresh process:", "",
-                  "| image | pixels | setting | bytes | encode s | decode s | model load s | encode peak MB | "
+                  "default realism, each run in a fresh process (times: median of the runs; peaks: largest):", "",
+                  "| image | pixels | setting | bytes | runs | encode s | decode s | model load s | encode peak MB | "
                   "decode peak MB | threads |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['image']} | {r['size'][0]}x{r['size'][1]} | {r['setting']} | {r['bytes']} | {r['encode_s']:.1f} | "
-                  f"{r['decode_s']:.1f} | {r['load_s']:.1f} | {r['encode_peak_mb']:.0f} | {r['decode_peak_mb']:.0f} | "
-                  f"{r['threads']} |" for r in speeds]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['image']} | {r['size'][0]}x{r['size'][1]} | {r['setting']} | {r['bytes']} | {r['runs']} | "
+                  f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['load_s']:.1f} | {r['encode_peak_mb']:.0f} | "
+                  f"{r['decode_peak_mb']:.0f} | {r['threads']} |" for r in speeds]
+    if folders:
+        lines += ["", "Folder conversion (`tokc encode DIR -o OUT --bpp 0.03 --effort E`, default workers, model "
+                  "loads included):", "", "| effort | images | seconds | images/min |", "|---|---|---|---|"]
+        lines += [f"| {f['effort']} | {f['images']} | {f['seconds']:.0f} | {f['per_min']:.1f} |" for f in folders]
     per_cols = tokc_cols[:1] + tokc_cols[-1:] + ["VVC best", "AVIF best"]
     lines += ["", "## Per image (Kodak)", ""] + per_image_lines(rows, per_cols)
     (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
