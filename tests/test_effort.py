@@ -78,3 +78,25 @@ def test_cli_effort_option(tmp_path, tiny_weights):
     assert res.exit_code == 0, res.output
     res = run(main, ["encode", str(src), str(tmp_path / "c.tkc"), "--effort", "quick"])
     assert res.exit_code == 2 and "--effort" in res.output and not (tmp_path / "c.tkc").exists()
+
+
+def test_effort_in_the_python_api_and_the_pillow_plugin(tiny_weights, tmp_path, monkeypatch):
+    import tokcodec
+    import tokcodec.pillow  # noqa: F401 (registers .tkc)
+    from tokcodec.codec import Codec
+    seen = []
+    real = Codec.encode
+
+    def spy(self, *args, **kwargs):
+        import inspect
+        seen.append(inspect.signature(real).bind(self, *args, **kwargs).arguments.get("effort"))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Codec, "encode", spy)
+    img = photo(96, 64, seed=2)
+    data = tokcodec.encode(img, nbytes=120, effort="fast", weights=str(tiny_weights))
+    assert len(data) <= 120
+    img.save(tmp_path / "a.tkc", bytes=120, effort="fast", weights=str(tiny_weights))
+    assert (tmp_path / "a.tkc").stat().st_size <= 120
+    assert seen == ["fast", "fast"]
+    with pytest.raises(ArgumentError, match="effort"):
+        tokcodec.encode(img, nbytes=120, effort="slow", weights=str(tiny_weights))

@@ -16,7 +16,7 @@ __version__ = "0.3.0"
 def encode(image, bpp=0.03, **options) -> bytes:
     """Encode a PIL image, an image path or image bytes to .tkc bytes at or under `bpp`
     (options: nbytes, codebook, mode, quantile, weights, device, max_pixels, correction,
-    blocks, tokens, scale; see codec.encode)."""
+    blocks, tokens, scale, effort; see codec.encode)."""
     from .codec import encode as _encode
     return _encode(image, bpp, **options)
 

@@ -86,15 +86,15 @@ class TkcImageFile(ImageFile.ImageFile):
 
 
 def _save(im: Image.Image, fp, filename) -> None:
-    """im.save(..., bpp=B | bytes=N, codebook=K, mode=M, quantile=Q, weights=..., device=...,
-    max_pixels=...): the whole file at or under the target (default 0.03 bpp)."""
+    """im.save(..., bpp=B | bytes=N, codebook=K, mode=M, quantile=Q, effort=E, weights=...,
+    device=..., max_pixels=...): the whole file at or under the target (default 0.03 bpp)."""
     from .codec import encode
     from .imageio import _to_rgb
     info = dict(im.encoderinfo)
     nbytes = info.get("bytes")
     bpp = info.get("bpp", None if nbytes is not None else DEFAULT_BPP)
     data = encode(_to_rgb(im), bpp, nbytes=nbytes, codebook=info.get("codebook"), mode=info.get("mode"),
-                  quantile=info.get("quantile"), weights=info.get("weights"),
+                  quantile=info.get("quantile"), effort=info.get("effort", "full"), weights=info.get("weights"),
                   device=info.get("device", "auto"),
                   max_pixels=info.get("max_pixels", container.DEFAULT_MAX_PIXELS))
     fp.write(data)
