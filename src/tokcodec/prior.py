@@ -368,7 +368,7 @@ class ExactPrior:
             s = torch.where(valid, s, torch.full_like(s, -(1 << 40)))
         m = s.amax(-1, keepdim=True)
         idx = (m - s).clamp_max_(self.exp.numel() - 1)
-        return self.exp64[idx if idx.dtype == torch.int64 else idx.to(torch.int64)]
+        return self.exp64[idx.to(torch.int64)]  # no copy where idx is int64 already
 
     def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int) -> torch.Tensor:
         """Attention inside windows: qkv (n, L, 3C) with key validity (n, L) -> (n, L, C)."""

@@ -246,7 +246,6 @@ class RateControl:
         bpp, nbytes, codebook, mode, quantile = self.check_encode_options(bpp, nbytes, codebook, mode, quantile)
         if scale is not None:
             scale = errors.check_real("scale", scale, 0.0, 1.0, lo_open=True)
-        errors.check_choice("effort", effort, EFFORTS)
         w, h = image.size
         budget = int(nbytes) if nbytes is not None else (
             int(np.floor(bpp * w * h / 8)) if bpp is not None else None)

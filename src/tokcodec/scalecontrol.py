@@ -137,23 +137,25 @@ class ScaleControl:
         start = sizes.index(resample.coded_size(size, predicted_scale(8 * budget / (w * h))))
         if np.prod(container.grid_size(*sizes[start])) > TRIAL_MAX_TOKENS:  # large photo: one file
             return make(ladder[start][1])
+        failed: list[TargetError] = []  # scales whose smallest file is over the budget
+
+        def smallest_offer() -> TargetError:  # nothing fits: offer the smallest file made
+            return min(failed, key=lambda e: len(e.smallest.data))
         if p["effort"] == "fast":  # no search: the predicted scale, smaller ones if it cannot fit
-            failed: list[TargetError] = []
             for i in range(start, -1, -1):
                 try:
                     return make(ladder[i][1])
                 except TargetError as e:
                     failed.append(e)
-            raise min(failed, key=lambda e: len(e.smallest.data))
+            raise smallest_offer()
         if p["lab"] is None:
             p["lab"] = region_lab(p["rgb"])
-        errors: list[TargetError] = []
 
         def attempt(i: int, rule: str | None, polish: bool, quick: bool = False) -> tuple[float, EncodeResult] | None:
             try:
                 r = make(ladder[i][1], rule, polish, quick)
             except TargetError as e:
-                errors.append(e)
+                failed.append(e)
                 return None
             out = self.shown_decode(self.analysis_at(p, ladder[i][0], rule), r)
             return measured_quality(p["rgb"], p["lab"], out, SCALE_COLOUR_WEIGHT), r
@@ -176,8 +178,7 @@ class ScaleControl:
             if moved:
                 break
         if scores[best] is None:
-            # nothing fits at any scale tried: offer the smallest file of the smallest scale tried
-            raise min(errors, key=lambda e: len(e.smallest.data))
+            raise smallest_offer()  # nothing fits at any scale tried
         p["trials"] = {ladder[i][0]: f[0] for i, f in scores.items() if f is not None}
         if p["tokens"] == "nearest":
             return make(ladder[best][1])
