@@ -7,7 +7,7 @@ KODAK ?= ../shared/data/kodak
 PRIOR_MINUTES ?= 110
 IMG ?= $(shell $(BIN)/python -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))" 2>/dev/null)
 
-.PHONY: setup demo test check-cuda bench vvc eval eval-modes eval-realism train-tokenizer train-ladder train-prior train-realism export export-realism train-decoder export-decoder fit-quality clean
+.PHONY: setup demo test check-cuda bench vvc eval eval-modes eval-realism train-tokenizer train-ladder train-prior tokens-packed train-prior1 export-prior1 train-realism export export-realism train-decoder export-decoder fit-quality clean
 
 # CPU PyTorch: `pip install torch==2.13.0` installs whatever build of 2.13.0 pip finds first. On
 # the development machine that is torch-2.13.0+cpu, a wheel in pip's local find-links folder
@@ -77,6 +77,22 @@ train-prior: setup
 	cd src && ../$(BIN)/python -m tokcodec.train tokens --ckpt ../runs/tok/ladder.pt --data ../$(DATA) --out ../runs/tokens.pt
 	cd src && ../$(BIN)/python -m tokcodec.train prior --tokens ../runs/tokens.pt --out ../runs/prior \
 		--tokenizer ../runs/tok/ladder.pt --minutes $(PRIOR_MINUTES) --resume
+
+# prior 1 (weights/prior.safetensors, extends the shipped base file): token grids of the
+# training photos from the shipped tokenizer (packed, 13 MB: it travels to a lent GPU), then a
+# shallower prior warm-started from the shipped one's first blocks. `scripts/gpu_priors.sh`
+# trains this and other candidates side by side on a lent GPU (weights/README.md, version 5).
+PRIOR1_DEPTH ?= 3
+PRIOR1_MINUTES ?= 7
+tokens-packed: setup
+	$(BIN)/python -m tokcodec.train tokens --ckpt weights/tokc.safetensors --data $(DATA) --out runs/tokens.npz
+
+train-prior1: setup
+	$(BIN)/python -m tokcodec.train prior --tokens runs/tokens.npz --out runs/prior1 --tied --depth $(PRIOR1_DEPTH) \
+		--init weights/tokc.safetensors --lr 8e-4 --batch 512 --minutes $(PRIOR1_MINUTES) --val-batches 32
+
+export-prior1: setup
+	$(BIN)/python -m tokcodec.train export-prior --prior runs/prior1/last.pt --out weights/prior.safetensors
 
 # fidelity decoder: the decoder trained further on every codebook (encoder, codebooks, prior
 # frozen; files name the decoder they were encoded against). DECODER_DATA: a folder of

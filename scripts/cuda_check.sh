@@ -3,7 +3,8 @@
 # shipped weights) on a machine with a GPU. Run from the repository root. Where Python lacks
 # tokc's dependencies (e.g. a lent GPU machine, which has torch but not constriction), put
 # their wheels in .whl/ first; they are installed into /tmp/site and used from there.
-# Session 8 ran it on a lent H200 (torch 2.11 + CUDA 13, numpy 2.5): 4 passed.
+# Session 8 ran it on a lent H200 (torch 2.11 + CUDA 13, numpy 2.5): 4 passed. Session 15, with
+# weights v5 (prior file) and the float64 exact prior: 5 passed on a lent H200.
 set -e
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl

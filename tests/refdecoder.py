@@ -555,6 +555,18 @@ class Model:
         self.weights = Weights(path)
         self.prior = Prior(self.weights)
         self.ids = self.weights.ids()
+        # section 6: a prior.safetensors beside the base file adds a prior under its own id
+        # (its prior tensors with the base file's codebooks); each id names its prior
+        self.priors = {i: self.prior for i in self.ids}
+        pri = Path(path).parent / "prior.safetensors" if Path(path).is_file() else Path(path) / "prior.safetensors"
+        if pri.is_file():
+            extra = Weights(pri)
+            if extra.metadata["model_id"] != self.ids[0].hex():
+                raise Refuse("model", "prior file made for another base file")
+            extra.raw.update({n: v for n, v in self.weights.raw.items() if n.startswith("tok.codebook_")})
+            new_id = extra.ids()[0]
+            self.priors[new_id] = Prior(extra)
+            self.ids = (*self.ids, new_id)
         # fidelity decoders (section 8.4): 0 is the base file's; a fidelity.safetensors beside
         # it adds the one its metadata numbers
         self.decoders = {0}
@@ -607,7 +619,8 @@ def decode(data: bytes, model: Model) -> Decoded:
     if hd.model_id not in model.ids:
         raise Refuse("model")
     check_ids(hd)
-    if hd.k not in model.prior.codebooks:
+    prior = model.priors[hd.model_id]
+    if hd.k not in prior.codebooks:
         raise Refuse("codebook", "K not in the model")
     if hd.decoder not in model.decoders:
         raise Refuse("decoder", "the file's fidelity decoder is not among the model's")
@@ -622,9 +635,9 @@ def decode(data: bytes, model: Model) -> Decoded:
         if not kept:
             continue
         ctx = list(grid)  # kept tokens of earlier stages, [MASK] elsewhere
-        feats = model.prior.features(ctx, h, w, k)
+        feats = prior.features(ctx, h, w, k)
         for p in kept:
-            grid[p] = dec.decode(cdf(counts(model.prior.logits(feats[p], k)), hd.coder_id))
+            grid[p] = dec.decode(cdf(counts(prior.logits(feats[p], k)), hd.coder_id))
             coded.append(grid[p])
     dec.finish()
     if crc32(b"".join(struct.pack("<H", t) for t in coded)) != hd.token_crc32:
@@ -710,15 +723,16 @@ def generate(d: Decoded, model: Model, seed: int, t: int) -> list[int]:
     k = hd.k
     grid = list(d.tokens)
     legacy = LegacyPCG64(seed) if hd.coder_id == 1 else None
+    prior = model.priors[hd.model_id]
     done = [False] * (h * w)  # positions of earlier stages
     for pos in stages(h, w):
         drop = [p for p in pos if not d.keep[p]]
         if drop:  # context: every token of earlier stages, [MASK] elsewhere
-            feats = model.prior.features([g if f else k for g, f in zip(grid, done)], h, w, k)
+            feats = prior.features([g if f else k for g, f in zip(grid, done)], h, w, k)
         for p in pos:
             done[p] = True
         for p in drop:
-            logits = model.prior.logits(feats[p], k)
+            logits = prior.logits(feats[p], k)
             if t == 0:
                 grid[p] = logits.index(max(logits))
                 continue

@@ -63,3 +63,23 @@ def test_shipped_weights_give_the_same_file_and_tokens_on_cpu_and_cuda():
         assert all(np.array_equal(x, y) for x, y in zip(ta, tb))
         k = cpu.read(a).header.codebook
         assert np.array_equal(cpu.generate(*ta, k, 3, 1.0), gpu.generate(*tb, k, 3, 1.0))
+
+
+def test_files_of_the_base_prior_decode_the_same_on_cpu_and_cuda(tmp_path):
+    """Where the shipped weights hold a prior file (weights v5), files naming the base file's
+    prior still decode to the same tokens on both devices (the other prior's exact pass)."""
+    from conftest import ROOT
+    from tokcodec.codec import Codec
+    w = ROOT / "weights"
+    if not (w / "prior.safetensors").is_file():
+        pytest.skip("the shipped weights hold no prior file")
+    (tmp_path / "tokc.safetensors").symlink_to(w / "tokc.safetensors")
+    old = Codec(str(tmp_path), "cpu").encode(photo(384, 256, seed=7), nbytes=300, correct=False,
+                                             tokens="nearest").data
+    cpu, gpu = Codec(str(w), "cpu"), Codec(str(w), "cuda")
+    assert cpu.read(old).header.model_id != cpu.model.model_id
+    ta, tb = cpu.decode_tokens(cpu.read(old)), gpu.decode_tokens(gpu.read(old))
+    assert all(np.array_equal(x, y) for x, y in zip(ta, tb))
+    k = cpu.read(old).header.codebook
+    mid = cpu.read(old).header.model_id
+    assert np.array_equal(cpu.for_model(mid).generate(*ta, k, 3, 1.0), gpu.for_model(mid).generate(*tb, k, 3, 1.0))

@@ -11,6 +11,8 @@ decode: .tkc -> validate -> block map -> kept tokens stage by stage (same tables
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -151,12 +153,28 @@ class Codec(ScaleControl, RateControl):
         except _WeightsError as e:
             raise WeightsError(str(e)) from None
         self._blank: dict[int, torch.Tensor] = {}
-        ids = (self.model.model_id.hex(), self.model.legacy_id.hex())
+        self._older: dict[bytes, Codec] = {}  # for_model's codecs of earlier priors
+        # the tables describe the tokenizer and its decoders, measured with the base file's
+        # prior; a newer prior of the same base leaves them valid (docs/performance.md, session 15)
+        ids = {m.hex() for m in self.model.priors}
         # rate control's quality tables, one per token rule (analyse's `tokens`); a decoder
         # measured only with the nearest codewords uses that table for both rules
         fid, near = self.model.fidelity, QUALITY_BY_DECODER["nearest"]
         self.quality = ({rule: tables.get(fid) or near.get(fid, {}) for rule, tables in QUALITY_BY_DECODER.items()}
                         if QUALITY_MODEL in ids else {})
+
+    def for_model(self, file_id: bytes) -> "Codec":
+        """The codec that decodes a file with this model id: self where the file uses the newest
+        prior, else a twin sharing everything but the prior (an earlier one of these weights)."""
+        prior = self.model.prior_for(file_id)
+        if prior is self.model.prior:
+            return self
+        if file_id not in self._older:
+            twin = copy.copy(self)
+            twin.model = dataclasses.replace(self.model, prior=prior, model_id=file_id)
+            twin._blank, twin._older = {}, {}
+            self._older[file_id] = twin
+        return self._older[file_id]
 
     def expected_quality(self, s: Setting, a: dict | None = None) -> float:
         """Expected decoded PSNR of a setting, for the analysis' token rule (default: rd)."""
@@ -456,7 +474,8 @@ class Codec(ScaleControl, RateControl):
         setting = Setting(k0, hd.mode, 0.0)
         if len(data) <= nbytes:
             return EncodeResult(data, setting, int(keep.size), int(keep.sum()), 8 * len(c.payload), 0.0, 0.0)
-        full = self.generate(tokens, keep, k0, 0, 0.0, hd.coder_id) if not keep.all() else tokens
+        full = (self.for_model(hd.model_id).generate(tokens, keep, k0, 0, 0.0, hd.coder_id)
+                if not keep.all() else tokens)
         img = self.render(full, k0, (hd.width, hd.height), 0.0, 0, hd.decoder)
         # dropped positions hold generated tokens: size estimates need a token everywhere, and
         # `allowed` below keeps them out of every file
@@ -506,6 +525,8 @@ class Codec(ScaleControl, RateControl):
 
     def decode_tokens(self, c: Container) -> tuple[np.ndarray, np.ndarray]:
         hd = c.header
+        if self.for_model(hd.model_id) is not self:  # coded with an earlier prior
+            return self.for_model(hd.model_id).decode_tokens(c)
         grid = hd.grid
         k = hd.codebook
         floor = container.token_floor_bits(k)
@@ -624,7 +645,7 @@ class Codec(ScaleControl, RateControl):
             r = self.default_realism * resample.coded_fraction(hd)
         corr = read_correction(c)  # before the tokens: its grid must fit the declared size
         tokens, keep = self.decode_tokens(c)
-        full = (self.generate(tokens, keep, hd.codebook, seed, temperature, hd.coder_id)
+        full = (self.for_model(hd.model_id).generate(tokens, keep, hd.codebook, seed, temperature, hd.coder_id)
                 if not keep.all() else tokens)
         shown = resample.display_size(hd)
         textured = shown is not None and r > 0 and self.model.tokenizer.decoder.conditioned

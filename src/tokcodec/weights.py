@@ -23,11 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .prior import ExactPrior, PriorConfig
@@ -37,6 +37,9 @@ FILENAME = "tokc.safetensors"
 DECODER_FILENAME = "decoder.safetensors"
 FIDELITY_FILENAME = "fidelity.safetensors"
 FIDELITY_PREFIX = "fid."
+PRIOR_FILENAME = "prior.safetensors"
+# what reading a damaged or foreign weights file raises
+READ_ERRORS = (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError, SafetensorError)
 
 
 class WeightsError(RuntimeError):
@@ -88,6 +91,10 @@ def model_id(tensors: dict[str, torch.Tensor]) -> bytes:
 
 @dataclass
 class Model:
+    """The loaded weights. `prior` and `model_id` are what the encoder uses: the newest prior
+    (a `prior.safetensors` beside the base file, else the base file's own) and its bitstream id.
+    `priors` maps every id a file may carry to the prior that decodes it: the base file's
+    bitstream and legacy ids to its own prior, a prior file's id to that prior."""
     tokenizer: Tokenizer
     prior: ExactPrior
     model_id: bytes
@@ -97,6 +104,18 @@ class Model:
     decoder_path: Path | None = None
     decoder_metadata: dict | None = None
     fidelity_path: Path | None = None
+    base_id: bytes = b""  # the base file's bitstream id (what decoder files are made for)
+    prior_path: Path | None = None
+    priors: dict[bytes, ExactPrior] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.base_id = self.base_id or self.model_id
+        self.priors = {self.legacy_id: self.prior, **self.priors, self.model_id: self.prior} if self.legacy_id \
+            else {**self.priors, self.model_id: self.prior}
+
+    def prior_for(self, file_id: bytes) -> ExactPrior:
+        """The prior that coded a file with this model id (KeyError: not one of these weights)."""
+        return self.priors[file_id]
 
     @property
     def fidelity(self) -> int:
@@ -106,7 +125,7 @@ class Model:
 
     def accepts(self, file_id: bytes) -> bool:
         """True when a file with this model id decodes with these weights."""
-        return file_id == self.model_id or (bool(self.legacy_id) and file_id == self.legacy_id)
+        return file_id in self.priors
 
     @property
     def realism(self) -> bool:
@@ -125,7 +144,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
             tensors = {k: sf.get_tensor(k) for k in sf.keys()}
         tok_cfg = TokenizerConfig.from_dict(json.loads(meta["tokenizer_config"]))
         pri_cfg = PriorConfig.from_dict(json.loads(meta["prior_config"]))
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+    except READ_ERRORS as e:
         raise WeightsError(f"cannot read weights {f}: {e}") from None
     mid = model_id(bitstream_tensors(tensors))
     tok_state = {k[4:]: v.float() for k, v in tensors.items() if k.startswith("tok.")}
@@ -137,7 +156,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
                 dec_state = {k[4:]: sf.get_tensor(k).float() for k in sf.keys() if k.startswith("dec.")}
             made_for = dec_meta["model_id"]
             tok_cfg = TokenizerConfig.from_dict({**tok_cfg.to_dict(), **json.loads(dec_meta["decoder_config"])})
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+        except READ_ERRORS as e:
             raise WeightsError(f"cannot read decoder weights {dec_file}: {e}") from None
         if made_for != mid.hex():
             raise WeightsError(f"decoder weights {dec_file} were trained for model {made_for}, but "
@@ -162,8 +181,59 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         fid_file = None
     tok.eval().to(device)
     prior = ExactPrior(pri_cfg, {k[6:]: v for k, v in tensors.items() if k.startswith("prior.")}, device)
-    return Model(tok, prior, mid, f, meta, legacy_id=model_id(tensors),
-                 decoder_path=dec_file, decoder_metadata=dec_meta, fidelity_path=fid_file)
+    legacy = model_id(tensors)
+    prior_file = f.parent / PRIOR_FILENAME
+    if not prior_file.is_file():
+        return Model(tok, prior, mid, f, meta, legacy_id=legacy, decoder_path=dec_file,
+                     decoder_metadata=dec_meta, fidelity_path=fid_file)
+    new_cfg, new_tensors = read_prior(prior_file, mid, f.name)
+    codebooks = {k: v for k, v in tensors.items() if k.startswith("tok.codebook_")}
+    new_id = model_id({**{f"prior.{k}": v for k, v in new_tensors.items()}, **codebooks})
+    try:
+        newest = ExactPrior(new_cfg, new_tensors, device)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise WeightsError(f"prior weights {prior_file} do not fit their config: {e}") from None
+    if set(new_cfg.codebooks) != set(pri_cfg.codebooks):
+        raise WeightsError(f"prior weights {prior_file} cover codebooks {list(new_cfg.codebooks)}, "
+                           f"the base file {list(pri_cfg.codebooks)}; install matching files")
+    return Model(tok, newest, new_id, f, meta, legacy_id=legacy, decoder_path=dec_file,
+                 decoder_metadata=dec_meta, fidelity_path=fid_file, base_id=mid, prior_path=prior_file,
+                 priors={legacy: prior, mid: prior})
+
+
+def read_prior(path: Path, base: bytes, base_name: str) -> tuple[PriorConfig, dict[str, torch.Tensor]]:
+    """A newer prior (integers, prefix `prior.`; metadata: `prior_config` and `model_id`, the
+    base file's bitstream id, whose codebooks it codes). Files name it by its own bitstream id:
+    SHA-256 over its prior tensors and the base file's codebooks (spec section 6)."""
+    try:
+        with safe_open(str(path), framework="pt") as sf:
+            meta = sf.metadata() or {}
+            tensors = {k[6:]: sf.get_tensor(k) for k in sf.keys() if k.startswith("prior.")}
+        cfg, made_for = PriorConfig.from_dict(json.loads(meta["prior_config"])), meta["model_id"]
+    except READ_ERRORS as e:
+        raise WeightsError(f"cannot read prior weights {path}: {e}") from None
+    if made_for != base.hex():
+        raise WeightsError(f"prior weights {path} were made for model {made_for}, but {base_name} "
+                           f"is model {base.hex()}; install matching files")
+    return cfg, tensors
+
+
+def save_prior(path: str | os.PathLike, prior_tensors: dict[str, torch.Tensor], cfg: PriorConfig,
+               base: bytes, codebooks: dict[str, torch.Tensor], provenance: dict) -> bytes:
+    """Write a prior file (see read_prior) for the base file with bitstream id `base` and these
+    codebook tensors (`tok.codebook_K`, as stored there). Returns the new bitstream id."""
+    tensors = {f"prior.{k}": _smallest_int(v) for k, v in prior_tensors.items()}
+    meta = {"prior_config": json.dumps(cfg.to_dict()), "model_id": base.hex(),
+            "provenance": json.dumps(provenance)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return model_id({**tensors, **codebooks})
+
+
+def _smallest_int(v: torch.Tensor) -> torch.Tensor:
+    """int16 where the values fit, else int32 (the dtype is part of the model id)."""
+    lo, hi = int(v.min()), int(v.max())
+    return v.to(torch.int16 if -32768 <= lo and hi <= 32767 else torch.int32).contiguous()
 
 
 
@@ -173,7 +243,7 @@ def load_fidelity(path: Path, cfg: TokenizerConfig, mid: bytes, base_name: str) 
     try:
         meta, state = read_fidelity(path)
         number, made_for = int(meta["number"]), meta["model_id"]
-    except (OSError, KeyError, ValueError) as e:
+    except READ_ERRORS as e:
         raise WeightsError(f"cannot read fidelity decoder weights {path}: {e}") from None
     if made_for != mid.hex():
         raise WeightsError(f"fidelity decoder weights {path} were trained for model {made_for}, but "
@@ -234,12 +304,7 @@ def save(path: str | os.PathLike, tokenizer: Tokenizer, prior_tensors: dict[str,
          prior_cfg: PriorConfig, provenance: dict) -> bytes:
     """Write the shipped file: tokenizer in fp16, prior integers as they are. Returns the model id."""
     tensors = {f"tok.{k}": v.detach().cpu().half().contiguous() for k, v in tokenizer.state_dict().items()}
-    small = {}
-    for k, v in prior_tensors.items():
-        lo, hi = int(v.min()), int(v.max())
-        dtype = torch.int16 if -32768 <= lo and hi <= 32767 else torch.int32
-        small[f"prior.{k}"] = v.to(dtype).contiguous()
-    tensors.update(small)
+    tensors.update({f"prior.{k}": _smallest_int(v) for k, v in prior_tensors.items()})
     meta = {"tokenizer_config": json.dumps(tokenizer.cfg.to_dict()),
             "prior_config": json.dumps(prior_cfg.to_dict()),
             "provenance": json.dumps(provenance)}

@@ -16,8 +16,10 @@ cover every level of the stage pyramid that large images use.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +37,24 @@ from .data import list_images, load_rgb
 BASES = (2, 4, 8, 16)
 
 
+def load_tokenizer(path: Path, device) -> Tokenizer:
+    """The tokenizer of a training checkpoint (.pt) or of shipped weights (.safetensors)."""
+    if path.suffix == ".safetensors":
+        from ..weights import load
+        return load(path, device).tokenizer
+    ck = load_checkpoint(path)
+    tok = Tokenizer(TokenizerConfig.from_dict(ck["config"])).to(device)
+    tok.load_state_dict(ck["model"])
+    return tok
+
+
 @torch.no_grad()
 def make_tokens(args) -> None:
+    """Token grids of every image (and its mirror image) at every codebook. A `.npz` output is
+    packed for travel (one flat array per K: uint16 for K > 256, else uint8, plus the grid
+    shapes and the codebooks), a `.pt` output holds lists of int16 grids."""
     rt = setup(args.device, 0)
-    ck = load_checkpoint(Path(args.ckpt))
-    tok = Tokenizer(TokenizerConfig.from_dict(ck["config"])).to(rt.device)
-    tok.load_state_dict(ck["model"])
+    tok = load_tokenizer(Path(args.ckpt), rt.device)
     tok.eval()
     files = list_images(Path(args.data))
     if args.limit:
@@ -56,10 +70,34 @@ def make_tokens(args) -> None:
             z = tok.encode_latent(x.float().div(255).to(rt.device))
             for k in tok.cfg.codebooks:
                 grids[k].append(tok.quantize(z, k)[0].cpu().to(torch.int16))
-        if (n + 1) % 500 == 0:
+        if (n + 1) % 200 == 0:
             print(f"{n + 1}/{len(files)} images ({time.time() - t0:.0f}s)", flush=True)
-    torch.save({"grids": grids, "files": [str(f) for f in files]}, args.out)
+    if str(args.out).endswith(".npz"):
+        packed = {f"k{k}": np.concatenate([g.numpy().ravel() for g in v]).astype(np.uint16 if k > 256 else np.uint8)
+                  for k, v in grids.items()}
+        shapes = np.array([g.shape for g in grids[max(grids)]], dtype=np.int32)
+        books = {f"codebook_{k}": tok.codebook(k).float().cpu().numpy() for k in tok.cfg.codebooks}
+        np.savez_compressed(args.out, shapes=shapes, **packed, **books)
+    else:
+        torch.save({"grids": grids, "files": [str(f) for f in files]}, args.out)
     print(f"saved {args.out}: {len(grids[max(grids)])} grids per K", flush=True)
+
+
+def load_tokens(path: Path) -> tuple[dict[int, list[torch.Tensor]], dict[int, torch.Tensor] | None]:
+    """Token grids per K (and the codebooks, where the file holds them) from either format."""
+    if path.suffix != ".npz":
+        return torch.load(path, weights_only=False)["grids"], None
+    z = np.load(path)
+    shapes = z["shapes"]
+    ends = np.cumsum(shapes[:, 0] * shapes[:, 1])
+    grids, books = {}, {}
+    for name in z.files:
+        if name.startswith("k"):
+            flat = torch.from_numpy(z[name].astype(np.int16))
+            grids[int(name[1:])] = [flat[e - h * w:e].view(h, w) for (h, w), e in zip(shapes, ends)]
+        elif name.startswith("codebook_"):
+            books[int(name.split("_")[1])] = torch.from_numpy(z[name])
+    return grids, books or None
 
 
 class StageBatches:
@@ -182,6 +220,8 @@ def _split(grids, holdout: int):
 
 @torch.no_grad()
 def validate(model: Prior, val: StageBatches, device, n: int = 4, batch: int = 32) -> dict[int, float]:
+    """Bits per token on the held-out grids: the same n batches of crops at every call."""
+    val = StageBatches(val.grids, val.crop, 12345)
     model.eval()
     out = {}
     for k in model.cfg.codebooks:
@@ -199,10 +239,11 @@ def validate(model: Prior, val: StageBatches, device, n: int = 4, batch: int = 3
 
 def train_prior(args) -> None:
     rt = setup(args.device, args.seed)
-    data = torch.load(args.tokens, weights_only=False)
-    train, val = _split(data["grids"], args.holdout)
-    cfg = PriorConfig()
-    codebooks = load_codebooks(Path(args.tokenizer)) if args.tokenizer else None
+    grids, packed_books = load_tokens(Path(args.tokens))
+    train, val = _split(grids, args.holdout)
+    cfg = PriorConfig(**{n: getattr(args, n) for n in ("dim", "depth", "heads", "mlp", "window")},
+                      codebooks=tuple(sorted(grids, reverse=True)))
+    codebooks = load_codebooks(Path(args.tokenizer)) if args.tokenizer else (packed_books if args.tied else None)
     model = (CodebookPrior(cfg, codebooks) if codebooks else Prior(cfg)).to(rt.device)
     out = Path(args.out)
     ckpt = out / "last.pt"
@@ -211,6 +252,17 @@ def train_prior(args) -> None:
         ck = load_checkpoint(ckpt)
         step, elapsed, init_steps = ck["step"], ck.get("elapsed", 0.0), ck.get("init_steps", 0)
         print(f"resumed at step {step}", flush=True)
+    elif args.init and args.init.endswith(".safetensors"):  # the shipped prior's float twin
+        from ..weights import load
+        shipped = load(args.init)
+        base = shipped.prior_for(shipped.base_id)  # the base file's prior, not a prior file's
+        if replace(base.cfg, depth=cfg.depth) != cfg or cfg.depth > base.cfg.depth:
+            raise SystemExit(f"{args.init} holds a prior of another shape: {base.cfg}")
+        # a shallower prior starts from the first blocks (and the tables and heads) of this one
+        ck = {"model": {n: v for n, v in base.float_twin().state_dict().items()
+                        if not n.startswith("blocks.") or int(n.split(".")[1]) < cfg.depth}}
+        init_steps = json.loads(shipped.metadata.get("provenance", "{}")).get("prior_steps", 0)
+        print(f"initialised from the prior in {args.init} ({init_steps} steps)", flush=True)
     elif args.init:  # warm start from another run; lr schedule and optimiser start afresh
         ck = load_checkpoint(Path(args.init))
         print(f"initialised from {args.init} (step {ck['step']})", flush=True)
@@ -261,13 +313,13 @@ def train_prior(args) -> None:
         step += 1
         prog.update(step, args.batch * rt.world, **{f"bits{k}": float(loss) / math.log(2)})
         if rt.main and time.time() - last_save > args.save_minutes * 60:
-            v = validate(model, vbatches, rt.device)
+            v = validate(model, vbatches, rt.device, args.val_batches)
             print("val bits/token " + " ".join(f"K={k}: {b:.3f} ({b / math.log2(k):.3f} of log2 K)" for k, b in v.items()), flush=True)
             save_checkpoint(ckpt, state())
             last_save = time.time()
     if rt.main:
         save_checkpoint(ckpt, state())
-        v = validate(model, vbatches, rt.device)
+        v = validate(model, vbatches, rt.device, args.val_batches)
         print("final val bits/token " + " ".join(f"K={k}: {b:.3f}" for k, b in v.items()), flush=True)
         print(f"saved {ckpt} at step {step}", flush=True)
 
@@ -286,6 +338,25 @@ def export(args) -> None:
     mid = save(args.out, tok, quantize(prior), pcfg, provenance)
     print(f"wrote {args.out}: model id {mid.hex()}", flush=True)
     ExactPrior(pcfg, quantize(prior))  # sanity: the exact model builds
+
+
+def export_prior(args) -> None:
+    """Write a prior file (weights.PRIOR_FILENAME) that extends the base file: files made with
+    it name it by its own model id; the base file's prior still decodes the files naming it."""
+    from safetensors import safe_open
+
+    from .. import weights as W
+    with safe_open(args.weights, framework="pt") as sf:
+        base = {k: sf.get_tensor(k) for k in sf.keys()}
+    pk = load_checkpoint(Path(args.prior))
+    prior = load_prior(pk)
+    q = quantize(prior)
+    ExactPrior(prior.cfg, q)  # sanity: the exact model builds
+    provenance = {"prior_steps": pk.get("step", 0) + pk.get("init_steps", 0), "init_steps": pk.get("init_steps", 0),
+                  "prior_seconds": round(pk.get("elapsed", 0)), "data": args.data_note, "device": args.device_note}
+    codebooks = {k: v for k, v in base.items() if k.startswith("tok.codebook_")}
+    mid = W.save_prior(args.out, q, prior.cfg, W.model_id(W.bitstream_tensors(base)), codebooks, provenance)
+    print(f"wrote {args.out}: model id {mid.hex()}", flush=True)
 
 
 def add_args(sub: argparse._SubParsersAction) -> None:
@@ -312,6 +383,11 @@ def add_args(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default=None, help="warm start from this prior checkpoint")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer checkpoint whose codebooks parameterise embeddings and heads")
+    p.add_argument("--val-batches", type=int, default=4, help="held-out batches of 32 crops per K")
+    p.add_argument("--tied", action="store_true",
+                   help="tie embeddings and heads to the codebooks stored in a .npz token file")
+    for name, default in ((n, getattr(PriorConfig, n)) for n in ("dim", "depth", "heads", "mlp", "window")):
+        p.add_argument(f"--{name}", type=int, default=default, help=f"prior {name} (default {default})")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=train_prior)
@@ -323,3 +399,11 @@ def add_args(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data-note", default="../shared/data/train (3,818 photos; Kodak never used)")
     e.add_argument("--device-note", default="CPU, 2 cores")
     e.set_defaults(func=export)
+
+    x = sub.add_parser("export-prior", help="write a prior file that extends the shipped base file")
+    x.add_argument("--prior", required=True, help="prior training checkpoint")
+    x.add_argument("--weights", default="weights/tokc.safetensors", help="the base file it extends")
+    x.add_argument("--out", default="weights/prior.safetensors")
+    x.add_argument("--data-note", default="../shared/data/train (3,818 photos; Kodak never used)")
+    x.add_argument("--device-note", default="CPU, 2 cores")
+    x.set_defaults(func=export_prior)

@@ -289,11 +289,11 @@ def export(args) -> None:
     out = Path(args.out)
     from safetensors.torch import load_file
     base_id = W.fidelity_decoder_id(load_file(str(m.path)))
-    W.save_decoder(out / W.DECODER_FILENAME, tok.decoder, cfg, m.model_id, base_id, prov)
+    W.save_decoder(out / W.DECODER_FILENAME, tok.decoder, cfg, m.base_id, base_id, prov)
     state = {f"disc.{k}": v.half().contiguous() for k, v in ck["disc"].items()}
     Path(args.state).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, args.state, metadata={"step": str(ck["step"]), "lam_ema": str(ck.get("lam_ema") or "")})
-    print(f"wrote {out / W.DECODER_FILENAME} (model {m.model_id.hex()}) and {args.state} at step {ck['step']}")
+    print(f"wrote {out / W.DECODER_FILENAME} (model {m.base_id.hex()}) and {args.state} at step {ck['step']}")
 
 
 def add_args(sub: argparse._SubParsersAction) -> None:
