@@ -123,3 +123,11 @@ def test_the_reference_decoder_decodes_files_of_both_priors(codec, ext_codec, ex
         k = c.read(data).header.codebook
         full = ext_codec.for_model(c.model.model_id).generate(tokens, keep, k, 5, 0.8)
         assert ref.generate(d, model, 5, 800) == full.ravel().tolist()
+
+
+def test_the_base_prior_is_built_only_for_a_file_that_names_it(extended, codec):
+    from tokcodec.prior import ExactPrior
+    m = load(extended)
+    assert not isinstance(m.priors[m.base_id], ExactPrior)  # memory: not built at load
+    p = m.prior_for(codec.model.legacy_id)
+    assert isinstance(p, ExactPrior) and m.prior_for(m.base_id) is p and p is not m.prior

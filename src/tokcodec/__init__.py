@@ -10,7 +10,7 @@ ImageError. `import tokcodec.pillow` lets Pillow open and save .tkc files.
 
 from .errors import ArgumentError, ArgumentTypeError, CodecError, FormatError, TokcError
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def encode(image, bpp=0.03, **options) -> bytes:

@@ -20,11 +20,13 @@ package (wheels), the repository's weights/ folder (source checkouts, editable i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -106,7 +108,8 @@ class Model:
     fidelity_path: Path | None = None
     base_id: bytes = b""  # the base file's bitstream id (what decoder files are made for)
     prior_path: Path | None = None
-    priors: dict[bytes, ExactPrior] = field(default_factory=dict)
+    # an earlier prior may be given as a function that builds it: it is built on first use
+    priors: dict[bytes, "ExactPrior | Callable[[], ExactPrior]"] = field(default_factory=dict)
 
     def __post_init__(self):
         self.base_id = self.base_id or self.model_id
@@ -115,7 +118,12 @@ class Model:
 
     def prior_for(self, file_id: bytes) -> ExactPrior:
         """The prior that coded a file with this model id (KeyError: not one of these weights)."""
-        return self.priors[file_id]
+        p = self.priors[file_id]
+        if not isinstance(p, ExactPrior):  # built once, for every id that names it
+            built = p()
+            self.priors = {i: built if q is p else q for i, q in self.priors.items()}
+            p = built
+        return p
 
     @property
     def fidelity(self) -> int:
@@ -180,12 +188,12 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     else:
         fid_file = None
     tok.eval().to(device)
-    prior = ExactPrior(pri_cfg, {k[6:]: v for k, v in tensors.items() if k.startswith("prior.")}, device)
+    base_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("prior.")}
     legacy = model_id(tensors)
     prior_file = f.parent / PRIOR_FILENAME
     if not prior_file.is_file():
-        return Model(tok, prior, mid, f, meta, legacy_id=legacy, decoder_path=dec_file,
-                     decoder_metadata=dec_meta, fidelity_path=fid_file)
+        return Model(tok, ExactPrior(pri_cfg, base_tensors, device), mid, f, meta, legacy_id=legacy,
+                     decoder_path=dec_file, decoder_metadata=dec_meta, fidelity_path=fid_file)
     new_cfg, new_tensors = read_prior(prior_file, mid, f.name)
     codebooks = {k: v for k, v in tensors.items() if k.startswith("tok.codebook_")}
     new_id = model_id({**{f"prior.{k}": v for k, v in new_tensors.items()}, **codebooks})
@@ -198,7 +206,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
                            f"the base file {list(pri_cfg.codebooks)}; install matching files")
     return Model(tok, newest, new_id, f, meta, legacy_id=legacy, decoder_path=dec_file,
                  decoder_metadata=dec_meta, fidelity_path=fid_file, base_id=mid, prior_path=prior_file,
-                 priors={legacy: prior, mid: prior})
+                 priors=dict.fromkeys((legacy, mid), functools.partial(ExactPrior, pri_cfg, base_tensors, device)))
 
 
 def read_prior(path: Path, base: bytes, base_name: str) -> tuple[PriorConfig, dict[str, torch.Tensor]]:

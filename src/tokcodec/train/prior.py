@@ -255,14 +255,20 @@ def train_prior(args) -> None:
     elif args.init and args.init.endswith(".safetensors"):  # the shipped prior's float twin
         from ..weights import load
         shipped = load(args.init)
-        base = shipped.prior_for(shipped.base_id)  # the base file's prior, not a prior file's
+        # a shipped prior of this very shape (a prior file's: resume it), else the base file's
+        base = shipped.prior if shipped.prior.cfg == cfg else shipped.prior_for(shipped.base_id)
         if replace(base.cfg, depth=cfg.depth) != cfg or cfg.depth > base.cfg.depth:
             raise SystemExit(f"{args.init} holds a prior of another shape: {base.cfg}")
         # a shallower prior starts from the first blocks (and the tables and heads) of this one
         ck = {"model": {n: v for n, v in base.float_twin().state_dict().items()
                         if not n.startswith("blocks.") or int(n.split(".")[1]) < cfg.depth}}
-        init_steps = json.loads(shipped.metadata.get("provenance", "{}")).get("prior_steps", 0)
-        print(f"initialised from the prior in {args.init} ({init_steps} steps)", flush=True)
+        meta = shipped.metadata
+        if base is shipped.prior and shipped.prior_path is not None:
+            from safetensors import safe_open
+            with safe_open(str(shipped.prior_path), framework="pt") as sf:
+                meta = sf.metadata() or {}
+        init_steps = json.loads(meta.get("provenance", "{}")).get("prior_steps", 0)
+        print(f"initialised from the prior in {args.init} ({init_steps} steps, depth {base.cfg.depth})", flush=True)
     elif args.init:  # warm start from another run; lr schedule and optimiser start afresh
         ck = load_checkpoint(Path(args.init))
         print(f"initialised from {args.init} (step {ck['step']})", flush=True)
