@@ -155,7 +155,7 @@ class Codec(ScaleControl, RateControl):
         self._blank: dict[int, torch.Tensor] = {}
         self._older: dict[bytes, Codec] = {}  # for_model's codecs of earlier priors
         # the tables describe the tokenizer and its decoders, measured with the base file's
-        # prior; a newer prior of the same base leaves them valid (docs/performance.md, session 15)
+        # prior; a newer prior of the same base leaves them valid (weights/README.md, version 5)
         ids = {m.hex() for m in self.model.priors}
         # rate control's quality tables, one per token rule (analyse's `tokens`); a decoder
         # measured only with the nearest codewords uses that table for both rules

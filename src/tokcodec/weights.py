@@ -5,7 +5,9 @@ prior (integers, prefix `prior.`); its metadata holds both configs (JSON) and th
 provenance. An optional `decoder.safetensors` beside it holds a newer pixel decoder (prefix
 `dec.`, e.g. the realism-conditioned one) that replaces the base file's decoder, and an
 optional `fidelity.safetensors` a newer fidelity decoder (prefix `fid.`, numbered; files of
-format 1.3 name the fidelity decoder they were encoded against).
+format 1.3 name the fidelity decoder they were encoded against). An optional
+`prior.safetensors` holds a newer prior (integers, prefix `prior.`, its own config): new files
+name it by its own model id, and files naming the base file's ids decode with the base prior.
 
 The model id names what defines the bitstream and the meaning of its tokens: the prior's
 tensors and the codebooks (SHA-256 over name, dtype, shape and bytes, in name order; see

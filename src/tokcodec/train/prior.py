@@ -317,7 +317,7 @@ def train_prior(args) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        prog.update(step, args.batch * rt.world, **{f"bits{k}": float(loss) / math.log(2)})
+        prog.update(step, args.batch * rt.world, **{f"bits{k}": loss.item() / math.log(2)})
         if rt.main and time.time() - last_save > args.save_minutes * 60:
             v = validate(model, vbatches, rt.device, args.val_batches)
             print("val bits/token " + " ".join(f"K={k}: {b:.3f} ({b / math.log2(k):.3f} of log2 K)" for k, b in v.items()), flush=True)
