@@ -12,21 +12,20 @@ import torch
 
 from tiny import PRIOR_CFG, photo
 from tokcodec.prior import Prior, PriorConfig, quantize
-from tokcodec.weights import PRIOR_FILENAME, WeightsError, bitstream_tensors, load, model_id, save_prior
+from tokcodec.weights import PRIOR_FILENAME, WeightsError, load, save_prior
 
 SHALLOW = PriorConfig(**{**PRIOR_CFG.to_dict(), "depth": 1})
 
 
-def write_prior(folder, base: bytes | None = None, seed: int = 1, cfg: PriorConfig = SHALLOW) -> bytes:
+def write_prior(folder, base=None, seed: int = 1, cfg: PriorConfig = SHALLOW) -> bytes:
+    """A random prior file in `folder`, made for the base file there (or the one at `base`)."""
     from safetensors.torch import load_file
-    tensors = load_file(str(folder / "tokc.safetensors"))
+    tensors = load_file(str(base if base is not None else folder / "tokc.safetensors"))
     torch.manual_seed(seed)
     prior = Prior(cfg)
     for blk in prior.blocks:
         blk.rel.data.normal_(0, 0.5)
-    books = {k: v for k, v in tensors.items() if k.startswith("tok.codebook_")}
-    base = base if base is not None else model_id(bitstream_tensors(tensors))
-    return save_prior(folder / PRIOR_FILENAME, quantize(prior), cfg, base, books, {"note": "test"})
+    return save_prior(folder / PRIOR_FILENAME, quantize(prior), cfg, tensors, {"note": "test"})
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +76,11 @@ def test_trimming_an_old_file_writes_a_file_of_the_new_prior(codec, ext_codec):
     ext_codec.decode(small)
 
 
-def test_a_prior_file_for_another_base_or_damaged_is_refused(tiny_weights, tmp_path):
+def test_a_prior_file_for_another_base_or_damaged_is_refused(tiny_weights, fresh_weights, tmp_path):
     shutil.copy(tiny_weights / "tokc.safetensors", tmp_path / "tokc.safetensors")
-    write_prior(tmp_path, base=b"\x01\x02\x03\x04")
-    with pytest.raises(WeightsError, match="made for model 01020304"):
+    write_prior(tmp_path, base=fresh_weights / "tokc.safetensors")
+    other = load(fresh_weights).model_id.hex()
+    with pytest.raises(WeightsError, match=f"made for model {other}"):
         load(tmp_path)
     (tmp_path / PRIOR_FILENAME).write_bytes(b"not a safetensors file")
     with pytest.raises(WeightsError, match="cannot read prior weights"):

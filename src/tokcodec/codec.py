@@ -525,8 +525,9 @@ class Codec(ScaleControl, RateControl):
 
     def decode_tokens(self, c: Container) -> tuple[np.ndarray, np.ndarray]:
         hd = c.header
-        if self.for_model(hd.model_id) is not self:  # coded with an earlier prior
-            return self.for_model(hd.model_id).decode_tokens(c)
+        coder = self.for_model(hd.model_id)
+        if coder is not self:  # coded with an earlier prior
+            return coder.decode_tokens(c)
         grid = hd.grid
         k = hd.codebook
         floor = container.token_floor_bits(k)

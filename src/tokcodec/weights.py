@@ -110,6 +110,7 @@ class Model:
     fidelity_path: Path | None = None
     base_id: bytes = b""  # the base file's bitstream id (what decoder files are made for)
     prior_path: Path | None = None
+    prior_metadata: dict | None = None  # the prior file's (its provenance)
     # an earlier prior may be given as a function that builds it: it is built on first use
     priors: dict[bytes, "ExactPrior | Callable[[], ExactPrior]"] = field(default_factory=dict)
 
@@ -196,9 +197,8 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     if not prior_file.is_file():
         return Model(tok, ExactPrior(pri_cfg, base_tensors, device), mid, f, meta, legacy_id=legacy,
                      decoder_path=dec_file, decoder_metadata=dec_meta, fidelity_path=fid_file)
-    new_cfg, new_tensors = read_prior(prior_file, mid, f.name)
-    codebooks = {k: v for k, v in tensors.items() if k.startswith("tok.codebook_")}
-    new_id = model_id({**{f"prior.{k}": v for k, v in new_tensors.items()}, **codebooks})
+    new_cfg, new_tensors, new_meta = read_prior(prior_file, mid, f.name)
+    new_id = prior_file_id({f"prior.{k}": v for k, v in new_tensors.items()}, tensors)
     try:
         newest = ExactPrior(new_cfg, new_tensors, device)
     except (KeyError, RuntimeError, ValueError) as e:
@@ -208,13 +208,20 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
                            f"the base file {list(pri_cfg.codebooks)}; install matching files")
     return Model(tok, newest, new_id, f, meta, legacy_id=legacy, decoder_path=dec_file,
                  decoder_metadata=dec_meta, fidelity_path=fid_file, base_id=mid, prior_path=prior_file,
-                 priors=dict.fromkeys((legacy, mid), functools.partial(ExactPrior, pri_cfg, base_tensors, device)))
+                 prior_metadata=new_meta, priors=dict.fromkeys((legacy, mid), functools.partial(ExactPrior, pri_cfg, base_tensors, device)))
 
 
-def read_prior(path: Path, base: bytes, base_name: str) -> tuple[PriorConfig, dict[str, torch.Tensor]]:
+def prior_file_id(prior_tensors: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> bytes:
+    """The bitstream id of a prior file (its `prior.` tensors as stored) over the base file
+    with these tensors: the id the base file would have if it held this prior (spec section 6)."""
+    return model_id(bitstream_tensors({**{k: v for k, v in base.items() if not k.startswith("prior.")},
+                                       **prior_tensors}))
+
+
+def read_prior(path: Path, base: bytes, base_name: str) -> tuple[PriorConfig, dict[str, torch.Tensor], dict]:
     """A newer prior (integers, prefix `prior.`; metadata: `prior_config` and `model_id`, the
-    base file's bitstream id, whose codebooks it codes). Files name it by its own bitstream id:
-    SHA-256 over its prior tensors and the base file's codebooks (spec section 6)."""
+    base file's bitstream id, whose codebooks it codes) and its metadata. Files name it by its
+    own bitstream id (`prior_file_id`)."""
     try:
         with safe_open(str(path), framework="pt") as sf:
             meta = sf.metadata() or {}
@@ -225,19 +232,19 @@ def read_prior(path: Path, base: bytes, base_name: str) -> tuple[PriorConfig, di
     if made_for != base.hex():
         raise WeightsError(f"prior weights {path} were made for model {made_for}, but {base_name} "
                            f"is model {base.hex()}; install matching files")
-    return cfg, tensors
+    return cfg, tensors, meta
 
 
 def save_prior(path: str | os.PathLike, prior_tensors: dict[str, torch.Tensor], cfg: PriorConfig,
-               base: bytes, codebooks: dict[str, torch.Tensor], provenance: dict) -> bytes:
-    """Write a prior file (see read_prior) for the base file with bitstream id `base` and these
-    codebook tensors (`tok.codebook_K`, as stored there). Returns the new bitstream id."""
+               base: dict[str, torch.Tensor], provenance: dict) -> bytes:
+    """Write a prior file (see read_prior) for the base file with these tensors (as stored).
+    Returns the new bitstream id."""
     tensors = {f"prior.{k}": _smallest_int(v) for k, v in prior_tensors.items()}
-    meta = {"prior_config": json.dumps(cfg.to_dict()), "model_id": base.hex(),
+    meta = {"prior_config": json.dumps(cfg.to_dict()), "model_id": model_id(bitstream_tensors(base)).hex(),
             "provenance": json.dumps(provenance)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
-    return model_id({**tensors, **codebooks})
+    return prior_file_id(tensors, base)
 
 
 def _smallest_int(v: torch.Tensor) -> torch.Tensor:

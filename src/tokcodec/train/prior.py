@@ -262,11 +262,7 @@ def train_prior(args) -> None:
         # a shallower prior starts from the first blocks (and the tables and heads) of this one
         ck = {"model": {n: v for n, v in base.float_twin().state_dict().items()
                         if not n.startswith("blocks.") or int(n.split(".")[1]) < cfg.depth}}
-        meta = shipped.metadata
-        if base is shipped.prior and shipped.prior_path is not None:
-            from safetensors import safe_open
-            with safe_open(str(shipped.prior_path), framework="pt") as sf:
-                meta = sf.metadata() or {}
+        meta = shipped.prior_metadata if base is shipped.prior and shipped.prior_metadata else shipped.metadata
         init_steps = json.loads(meta.get("provenance", "{}")).get("prior_steps", 0)
         print(f"initialised from the prior in {args.init} ({init_steps} steps, depth {base.cfg.depth})", flush=True)
     elif args.init:  # warm start from another run; lr schedule and optimiser start afresh
@@ -360,8 +356,7 @@ def export_prior(args) -> None:
     ExactPrior(prior.cfg, q)  # sanity: the exact model builds
     provenance = {"prior_steps": pk.get("step", 0) + pk.get("init_steps", 0), "init_steps": pk.get("init_steps", 0),
                   "prior_seconds": round(pk.get("elapsed", 0)), "data": args.data_note, "device": args.device_note}
-    codebooks = {k: v for k, v in base.items() if k.startswith("tok.codebook_")}
-    mid = W.save_prior(args.out, q, prior.cfg, W.model_id(W.bitstream_tensors(base)), codebooks, provenance)
+    mid = W.save_prior(args.out, q, prior.cfg, base, provenance)
     print(f"wrote {args.out}: model id {mid.hex()}", flush=True)
 
 
