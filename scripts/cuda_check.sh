@@ -6,7 +6,7 @@
 # Session 8 ran it on a lent H200 (torch 2.11 + CUDA 13, numpy 2.5): 4 passed. Session 15, with
 # weights v5 (prior file) and the float64 exact prior: 5 passed on a lent H200.
 set -e
-if [ -d .whl ]; then
+if [ -d .whl ] && ! python3 -c "import constriction" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
