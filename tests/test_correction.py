@@ -271,3 +271,26 @@ def test_the_grid_cost_per_byte_of_tokens_falls_with_the_rate():
     assert at(0.002) == pytest.approx(y0) and at(0.1) == pytest.approx(y2)
     assert at(x1) == pytest.approx(y1, abs=0.01)
     assert y0 > at(0.01) > y1 > at(0.02) > y2
+
+
+def test_large_photos_rank_grids_by_a_prediction_from_reduced_copies(monkeypatch):
+    """Over SCORE_MAX_PIXELS, rate control predicts each grid's measure from copies reduced
+    4x (ratecontrol.grid_quality): within 0.02 dB of the measure on the whole decode here, with
+    the same best grid; at or under it, the measure itself."""
+    from tokcodec import ratecontrol as R
+    from tokcodec.metrics import region_lab
+    rng = np.random.default_rng(3)
+    rgb = np.asarray(photo(640, 480, seed=9))
+    yy, xx = np.mgrid[0:480, 0:640] / 480.0
+    cast = np.stack([12 * np.sin(3 * xx), -9 * yy, 6 * np.cos(2 * xx + yy)], -1)  # a smooth colour drift
+    d0 = np.clip(rgb + cast + rng.normal(0, 6, rgb.shape), 0, 255).round().astype(np.uint8)
+    lab = region_lab(rgb)
+    exact = R.grid_quality(rgb, lab, d0)  # 0.3 MP: the measure itself
+    grids = [correction.Correction(0, False)] + [
+        correction.fit(rgb, d0, cell, steps) for cell in (2, 4, 8) for steps in ((4, 2), (12, 6), (255, 5))]
+    want = [exact(c) for c in grids]
+    assert want == [R.measured_quality(rgb, lab, correction.apply(d0, c)) for c in grids]
+    monkeypatch.setattr(R, "SCORE_MAX_PIXELS", 0)
+    got = [R.grid_quality(rgb, lab, d0)(c) for c in grids]
+    assert np.abs(np.array(got) - want).max() < 0.02
+    assert int(np.argmax(got)) == int(np.argmax(want)) and max(want) - want[0] > 0.5  # the grids matter here

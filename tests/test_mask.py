@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from tokcodec import entropy, mask
 
@@ -34,3 +35,23 @@ def test_block_map_round_trip():
     assert 0 < bits < blocks.size
     dec = entropy.Decoder(enc.finish())
     assert np.array_equal(mask.decode_blocks(dec, blocks.shape), blocks)
+
+
+@pytest.mark.parametrize("coder", entropy.CODERS)
+def test_block_map_in_one_call_is_the_stream_coded_bit_by_bit(coder):
+    """encode_blocks follows the adaptive model in plain integers and codes the map in one
+    call: the same bytes and bits as coding it bit by bit through BinaryContexts (the decoder's
+    way), on a map long enough that the model's counts are halved many times."""
+    rng = np.random.default_rng(5)
+    blocks = rng.random((48, 40)) < np.linspace(0.05, 0.6, 40)[None, :]
+    ref, model, want_bits = entropy.Encoder(coder), entropy.BinaryContexts(4), 0.0
+    for i in range(blocks.shape[0]):
+        for j in range(blocks.shape[1]):
+            ctx = 2 * (int(blocks[i - 1, j]) if i else 0) + (int(blocks[i, j - 1]) if j else 0)
+            b = int(blocks[i, j])
+            want_bits -= np.log2(model.c[ctx, b] / model.c[ctx].sum())
+            ref.encode_bit(b, model, ctx)
+    enc = entropy.Encoder(coder)
+    bits = mask.encode_blocks(enc, blocks)
+    assert enc.finish() == ref.finish()
+    assert bits == pytest.approx(want_bits, rel=1e-12) and mask.block_bits(blocks) == bits

@@ -133,3 +133,22 @@ def test_large_grids_render_in_windows_to_the_same_pixels(realism_codec, monkeyp
     monkeypatch.setattr(C, "TILE_MARGIN", 1)
     seams = np.asarray(realism_codec.render(tokens, 64, size, realism, 5))
     assert (seams != whole).mean() > 1e-3
+
+
+def test_bfloat16_pixels_only_where_no_tolerance_applies(realism_codec, tiny_file, monkeypatch):
+    """Where the CPU computes bfloat16 natively (precision.py), a decode at realism > 0 draws
+    its pixels in it: close to float32's, deterministic. At realism 0 (the spec's tolerance,
+    section 8.6) the decode is float32 whatever the hardware: the same pixels either way."""
+    from tokcodec import precision
+    here = precision.native_bf16("cpu")
+
+    def decode(native: bool, realism: float) -> np.ndarray:
+        monkeypatch.setattr(precision, "native_bf16", lambda device_type: native)
+        return np.asarray(realism_codec.decode(tiny_file, seed=2, realism=realism)).astype(int)
+    assert np.array_equal(decode(True, 0.0), decode(False, 0.0))
+    lo, hi = decode(False, 0.6), decode(True, 0.6)
+    assert np.array_equal(hi, decode(True, 0.6))
+    psnr = 10 * np.log10(255 ** 2 / max(np.square(hi - lo).mean(), 1e-9))
+    assert psnr > 40
+    if here:  # the autocast really ran: other roundings
+        assert (hi != lo).any()

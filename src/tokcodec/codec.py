@@ -27,6 +27,7 @@ from . import container, correction, detail, entropy, errors, mask, resample, sc
 from .container import Container, Header
 from .errors import ArgumentError, ArgumentTypeError, CodecError, FormatError, TokcError
 from .imageio import ImageError as _ImageError
+from .precision import pixels_bf16
 from .prior import counts_from_logits
 from .refine import pixel_error, refine
 from .rng import LegacyGenerator, sample_at
@@ -126,7 +127,7 @@ def pad_image(rgb: np.ndarray) -> np.ndarray:
 
 def to_pixels(x: torch.Tensor) -> np.ndarray:
     """Pixel decoder output (3, H, W) in [0, 1] -> uint8 (H, W, 3), rounded to nearest."""
-    return (x.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    return (x.float().permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
 
 def token_crc(tokens: list[np.ndarray]) -> int:
@@ -422,8 +423,9 @@ class Codec(ScaleControl, RateControl):
     def _block_error(self, a: dict, tokens: np.ndarray, k: int) -> np.ndarray:
         """Squared error of the fidelity decoder's pixels (rounded to 8 bits) against the padded
         original, summed over each 32x32 block -> (h/2, w/2)."""
-        x = self.model.tokenizer.decode(torch.from_numpy(tokens)[None].to(self.device), k, 0.0,
-                                        fidelity=self.model.fidelity)[0]
+        with pixels_bf16(self.device):  # the encoder's own decode (precision.py)
+            x = self.model.tokenizer.decode(torch.from_numpy(tokens)[None].to(self.device), k, 0.0,
+                                            fidelity=self.model.fidelity)[0]
         e = ((to_pixels(x).astype(np.float64) - a["padded"]) ** 2).sum(-1)
         h, w = tokens.shape
         return e.reshape(h // 2, 32, w // 2, 32).sum(axis=(1, 3))
@@ -476,7 +478,7 @@ class Codec(ScaleControl, RateControl):
             return EncodeResult(data, setting, int(keep.size), int(keep.sum()), 8 * len(c.payload), 0.0, 0.0)
         full = (self.for_model(hd.model_id).generate(tokens, keep, k0, 0, 0.0, hd.coder_id)
                 if not keep.all() else tokens)
-        img = self.render(full, k0, (hd.width, hd.height), 0.0, 0, hd.decoder)
+        img = self.render(full, k0, (hd.width, hd.height), 0.0, 0, hd.decoder, fast=True)  # encoder side
         # dropped positions hold generated tokens: size estimates need a token everywhere, and
         # `allowed` below keeps them out of every file
         a = {"size": (hd.width, hd.height), "strength": mask.edge_strength(pad_image(np.asarray(img))),
@@ -599,13 +601,19 @@ class Codec(ScaleControl, RateControl):
 
     @torch.no_grad()
     def render(self, tokens: np.ndarray, k: int, size: tuple[int, int], realism: float = 0.0,
-               seed: int = 0, fidelity: int = 0) -> Image.Image:
+               seed: int = 0, fidelity: int = 0, fast: bool = False) -> Image.Image:
         """Pixels from a full token grid. `fidelity` is the number of the fidelity decoder (the
         file's header field `decoder`). With a realism-conditioned decoder, `realism` in [0, 1]
         picks the point between fidelity (0) and realism (1): the fidelity decoder's picture
         below a cut-off frequency, the realism decoder's detail above it (detail.py). Its noise
         is drawn on the CPU from `seed`, so the same file, seed and realism give the same pixels
-        on a machine."""
+        on a machine. `fast`: in bfloat16 where the device computes it natively (precision.py;
+        never for a conformant decode at realism 0)."""
+        with pixels_bf16(self.device, fast):
+            return self._render(tokens, k, size, realism, seed, fidelity)
+
+    def _render(self, tokens: np.ndarray, k: int, size: tuple[int, int], realism: float,
+                seed: int, fidelity: int) -> Image.Image:
         t = torch.from_numpy(tokens)[None].to(self.device)
         tok = self.model.tokenizer
         w, h = size
@@ -650,7 +658,9 @@ class Codec(ScaleControl, RateControl):
                 if not keep.all() else tokens)
         shown = resample.display_size(hd)
         textured = shown is not None and r > 0 and self.model.tokenizer.decoder.conditioned
-        img = self.render(full, hd.codebook, (hd.width, hd.height), 0.0 if textured else r, seed, hd.decoder)
+        fast = r > 0 and self.model.tokenizer.decoder.conditioned  # no tolerance at r > 0 (spec 8.6)
+        img = self.render(full, hd.codebook, (hd.width, hd.height), 0.0 if textured else r, seed, hd.decoder,
+                          fast)
         out = resample.show(self.finish_pixels(img, corr), c)
         if not textured:
             return out
@@ -658,8 +668,8 @@ class Codec(ScaleControl, RateControl):
         # at the coded size, the upsampling would magnify the grain into coarse mottling
         up = resample.tokens_at(full, (hd.width, hd.height), shown)
         # one int16 buffer, in place (a 12-MP photo: 71 MB, where three of them were made)
-        band = np.asarray(self.render(up, hd.codebook, shown, r, seed, hd.decoder), dtype=np.int16)
-        band -= np.asarray(self.render(up, hd.codebook, shown, 0.0, seed, hd.decoder))
+        band = np.asarray(self.render(up, hd.codebook, shown, r, seed, hd.decoder, True), dtype=np.int16)
+        band -= np.asarray(self.render(up, hd.codebook, shown, 0.0, seed, hd.decoder, True))
         band += np.asarray(out)
         return Image.fromarray(np.clip(band, 0, 255, out=band).astype(np.uint8))
 

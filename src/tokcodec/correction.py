@@ -202,16 +202,35 @@ def interpolation(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
-def offsets(c: Correction, width: int, height: int, rows: slice = slice(None)) -> np.ndarray:
-    """The correction in RGB, (H, W, 3) float32: the dequantised grid, interpolated (only the
-    image rows `rows`)."""
+def _grid_rgb(c: Correction) -> np.ndarray:
+    """The dequantised grid in RGB, (3, gh, gw) float64."""
     step = np.array([c.steps[0], c.steps[1], c.steps[1]], dtype=np.float64)[:c.channels]
     g = c.values * step[:, None, None]
     if c.grey:
         g = np.concatenate([g, np.zeros((2,) + g.shape[1:])])
-    gh, gw = g.shape[1:]
+    return np.tensordot(YCC_TO_RGB, g, axes=(1, 0))
+
+
+def offsets(c: Correction, width: int, height: int, rows: slice = slice(None)) -> np.ndarray:
+    """The correction in RGB, (H, W, 3) float32: the dequantised grid, interpolated (only the
+    image rows `rows`)."""
+    rgb = _grid_rgb(c).astype(np.float32)
+    gh, gw = rgb.shape[1:]
     ay, ax = interpolation(height, gh).astype(np.float32)[rows], interpolation(width, gw).astype(np.float32)
-    rgb = np.tensordot(YCC_TO_RGB, g, axes=(1, 0)).astype(np.float32)  # (3, gh, gw)
+    return np.stack([ay @ rgb[k] @ ax.T for k in range(3)], -1)
+
+
+def reduced_offsets(c: Correction, width: int, height: int, factor: int) -> np.ndarray:
+    """The means of `offsets` over factor x factor pixel blocks (whole blocks from the top-left
+    only), (H // factor, W // factor, 3) float64: the interpolation is linear in the grid, so
+    these are its weights averaged over each block."""
+    rgb = _grid_rgb(c)
+    gh, gw = rgb.shape[1:]
+
+    def reduced(n: int, g: int) -> np.ndarray:
+        m = n // factor
+        return interpolation(n, g)[:m * factor].reshape(m, factor, g).mean(1)
+    ay, ax = reduced(height, gh), reduced(width, gw)
     return np.stack([ay @ rgb[k] @ ax.T for k in range(3)], -1)
 
 

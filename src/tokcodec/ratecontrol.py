@@ -23,7 +23,7 @@ from . import container, correction, entropy, errors, mask, schedule
 from .container import Container, Header
 from .correction import with_correction
 from .errors import ArgumentTypeError, CodecError
-from .metrics import colour_error_lab, image_to_tensor, ms_ssim, region_lab
+from .metrics import ciede2000, colour_error_lab, image_to_tensor, ms_ssim, region_lab, srgb_to_lab
 from .prior import COUNT_BITS
 
 # edge-block shares tried by rate control. Steps of 1% below 10% were tried (session 6): at
@@ -68,6 +68,10 @@ RECONSTRUCT_CACHE_BYTES = 64 << 20  # decodes rate control keeps for the correct
 # scale, makes one file and does not polish (docs/performance.md, session 14)
 EFFORTS = ("full", "fast")
 CORRECTION_MAX_SHARE = 1.0  # largest share of the budget a grid may take (1.0: only the half-of-tokens rule)
+# Photos over SCORE_MAX_PIXELS predict each candidate grid's quality on the decode box-reduced
+# by SCORE_FACTOR (`grid_quality`): a 12-MP photo scored its 81 candidates at full size in 12 s
+SCORE_MAX_PIXELS = 1 << 22
+SCORE_FACTOR = 4
 
 
 def unreachable(budget: int, smallest: "EncodeResult", size: tuple[int, int]) -> str:
@@ -187,6 +191,40 @@ def measured_quality(rgb: np.ndarray, lab, out: np.ndarray, weight: float | None
     return psnr - weight * colour_error_lab(lab, out) if weight else psnr
 
 
+def grid_quality(rgb: np.ndarray, lab: np.ndarray, decoded: np.ndarray):
+    """The function corr -> measured_quality(rgb, lab, correction.apply(decoded, corr)) with which
+    rate control ranks candidate correction grids. Colour photos over SCORE_MAX_PIXELS get a
+    prediction of it from copies box-reduced by f = SCORE_FACTOR: the grid's offsets c are
+    smooth (cells of 32 px and more), so with e = original - decoded, sum((e - c)**2) - sum(e**2)
+    = sum(c**2 - 2 e c) is f**2 times the same sum over the reduced copies, and the full-size
+    squared error of each option is the exact one without a grid plus that change; the colour
+    error compares the reduced corrected decode, reduced again to regions of 16 px. (The decode
+    is corrected by offsets rounded to whole levels: 1/12 level**2 more squared error per
+    sample, taken as uncorrelated with the rest.)"""
+    h, w, _ = rgb.shape
+    f = SCORE_FACTOR
+    if h * w <= SCORE_MAX_PIXELS or correction.is_grey(rgb) or 16 % f:
+        return lambda corr: measured_quality(rgb, lab, correction.apply(decoded, corr))
+    hs, ws = h // f, w // f
+    hr, wr = lab.shape[:2]
+
+    def box(x: np.ndarray, n: int, m: int, k: int) -> np.ndarray:
+        return x[:n * k, :m * k].reshape(n, k, m, k, -1).mean((1, 3))
+    d = decoded.astype(np.int32) - rgb
+    base_sse = float(np.square(d).sum(dtype=np.int64)) / (h * w)  # per pixel, every channel
+    dec_s = box(decoded.astype(np.float64), hs, ws, f)
+    e_s = box(rgb.astype(np.float64), hs, ws, f) - dec_s
+    base_s = float(np.square(e_s).sum()) / (hs * ws)
+
+    def quality(corr: correction.Correction) -> float:
+        c = correction.reduced_offsets(corr, w, h, f) if corr.cell else 0.0
+        sse = base_sse + float(np.square(e_s - c).sum()) / (hs * ws) - base_s + (0.25 if corr.cell else 0.0)
+        psnr = 10 * np.log10(255.0 ** 2 * 3 / max(sse, 1e-9))
+        region = box(np.clip(dec_s + c, 0, 255), hr, wr, 16 // f)
+        return psnr - COLOUR_WEIGHT * float(ciede2000(lab, srgb_to_lab(region)).mean())
+    return quality
+
+
 @dataclass
 class EncodeResult:
     data: bytes
@@ -298,12 +336,9 @@ class RateControl:
                     e.smallest.data, correction.Correction(0, True)))
             raise
         d0 = self.reconstruct(first, a)
-
-        def quality(corr: correction.Correction) -> float:
-            """PSNR of the first file's decode, corrected, less COLOUR_WEIGHT x its colour error."""
-            return quality_of(correction.apply(d0, corr))
-
         lab = region_lab(rgb)
+        # PSNR of the first file's decode, corrected, less COLOUR_WEIGHT x its colour error
+        quality = grid_quality(rgb, lab, d0)
 
         def quality_of(out: np.ndarray) -> float:
             return measured_quality(rgb, lab, out)
@@ -392,7 +427,7 @@ class RateControl:
             return best
 
         def decoded(r: EncodeResult, a: dict, c) -> np.ndarray:  # exact: the polish is judged on what decoders draw
-            out = self.reconstruct(r, a, exact=True)
+            out = self.reconstruct(r, a, exact=True, precise=True)
             return out if c is None else correction.apply(out, c)
         old, new = decoded(best, a, corr), decoded(r2, a2, corr2)
         ref = image_to_tensor(Image.fromarray(a["rgb"])).double()
@@ -402,28 +437,30 @@ class RateControl:
             return dataclasses.replace(r2, data=data)
         return best
 
-    def reconstruct(self, r: EncodeResult, a: dict, exact: bool = False) -> np.ndarray:
+    def reconstruct(self, r: EncodeResult, a: dict, exact: bool = False, precise: bool = False) -> np.ndarray:
         """What a decoder draws from an encode (temperature 0, fidelity decoder, no correction).
         `exact=False`: a preview, the dropped tokens generated by the float twin of the prior
         (`Codec.generate`); rate control compares files by their previews and fits the final
         file's grid to its exact decode (`_exact_grid`). The last RECONSTRUCT_CACHE_BYTES of
         decodes are kept in the analysis: the correction search asks again for files it has
-        seen."""
+        seen. The pixels are drawn in bfloat16 where the device computes it natively
+        (precision.py; within 1-2 levels of a decoder's float32 pixels) unless `precise`: the
+        float32 pixels of a decode at realism 0, for the polish's final judgement."""
         seen = a.setdefault("reconstructed", {})
-        key = (r.setting, exact or r.setting.mode == "entire")  # entire: nothing is generated
+        key = (r.setting, exact or r.setting.mode == "entire", precise)  # entire: nothing is generated
         if key not in seen:
-            out = self._reconstruct(r, a, exact)
+            out = self._reconstruct(r, a, exact, precise)
             while seen and (len(seen) + 1) * out.nbytes > RECONSTRUCT_CACHE_BYTES:
                 del seen[next(iter(seen))]
             seen[key] = out
         return seen[key]
 
-    def _reconstruct(self, r: EncodeResult, a: dict, exact: bool = True) -> np.ndarray:
+    def _reconstruct(self, r: EncodeResult, a: dict, exact: bool = True, precise: bool = False) -> np.ndarray:
         s = r.setting
         tokens = self.tokens_for(a, s.codebook)
         _, keep = self._mask(a, s, tokens.shape)
         full = self.generate(tokens, keep, s.codebook, 0, 0.0, exact=exact) if not keep.all() else tokens
-        return np.asarray(self.render(full, s.codebook, a["size"], 0.0, 0, self.model.fidelity))
+        return np.asarray(self.render(full, s.codebook, a["size"], 0.0, 0, self.model.fidelity, fast=not precise))
 
     def _exact_grid(self, a: dict, r: EncodeResult, budget: int | None, grey: bool) -> EncodeResult:
         """The file `r` with its correction grid refitted (same cell and steps) to the exact
@@ -544,7 +581,7 @@ class RateControl:
         tokens = self.tokens_for(a, k) if tokens is None else tokens
         grid = tokens.shape
         blocks, keep = self._mask(a, setting, grid)
-        bits = [mask.encode_blocks(entropy.Encoder(), blocks) if blocks is not None else 0.0]
+        bits = [mask.block_bits(blocks) if blocks is not None else 0.0]
         flat = tokens.ravel()
         floor = 2.0 ** -COUNT_BITS  # as the integer tables: every symbol keeps 1 of 2**20
         bf16 = a.get("effort") == "fast"  # bfloat16 passes: faster, estimates a few bits apart

@@ -195,7 +195,10 @@ class Decoder(nn.Module):
         x = self.up1(x)
         for b in self.s1:
             x = b(x, cond)
-        return (self.out(F.silu(x)) + 1) / 2
+        # the output convolution in float32 even under bfloat16 autocast (precision.py): a
+        # bfloat16 output holds only 8 bits, a rounding of up to half a level of its own
+        with torch.autocast(x.device.type, enabled=False):
+            return (self.out(F.silu(x.float())) + 1) / 2
 
 
 def l2norm(x: torch.Tensor, dim: int) -> torch.Tensor:
