@@ -369,7 +369,7 @@ def test_threads_option_sets_torch_threads(files, tiny_weights, monkeypatch):
     monkeypatch.setenv("TOKC_WEIGHTS", str(tiny_weights))
     before = torch.get_num_threads()
     try:
-        for n, want in (("3", 3), (None, cli.DEFAULT_THREADS)):
+        for n, want in (("3", 3), (None, cli.default_threads())):
             torch.set_num_threads(5)
             extra = ["--threads", n] if n else []
             r = CliRunner().invoke(cli.main, ["decode", str(files / "a.tkc"), str(files / "tt.png"), *extra])

@@ -7,6 +7,7 @@ from tiny import photo
 from tokcodec import schedule
 from tokcodec.codec import Codec, CodecError, Setting, describe
 from tokcodec.container import unpack
+from tokcodec.errors import TokcError
 from tokcodec.ratecontrol import ESTIMATE_MARGIN, ESTIMATE_SLACK
 
 GOLDEN = "golden_edge_k64.tkc"
@@ -156,3 +157,19 @@ def test_stage_tables_skip_the_pass_only_where_nothing_is_known(codec, seed):
     assert all(torch.equal(full[p], blank) for p in pos[~sees])
     if h * w > 64:
         assert (~sees).any()  # the shortcut is used
+
+
+def test_large_stages_decode_in_chunks_to_the_same_tokens(codec, monkeypatch):
+    """A decoder range-decodes a stage's kept tokens in chunks of DECODE_ROWS tables (bounded
+    memory on photo-size grids): the same tokens for any chunk size, and a truncated payload is
+    still refused with the file-damaged message."""
+    from tokcodec import codec as codec_module
+    img = photo(200, 130, seed=6)
+    r = codec.encode_setting(codec.analyse(img), Setting(64, "edge", 0.4))
+    want = codec.decode_tokens(codec.read(r.data))[0]
+    for rows in (1, 3, 7):
+        monkeypatch.setattr(codec_module, "DECODE_ROWS", rows)
+        assert np.array_equal(codec.decode_tokens(codec.read(r.data))[0], want)
+        assert np.array_equal(np.asarray(codec.decode(r.data)), np.asarray(codec.decode(r.data)))
+        with pytest.raises(TokcError, match="damaged"):
+            codec.decode(r.data[:-4])

@@ -27,8 +27,9 @@ from . import container, correction, detail, entropy, errors, mask, resample, sc
 from .container import Container, Header
 from .errors import ArgumentError, ArgumentTypeError, CodecError, FormatError, TokcError
 from .imageio import ImageError as _ImageError
+from .memory import reuse_large_blocks, trim
 from .precision import pixels_bf16
-from .prior import counts_from_logits
+from .prior import LARGE_GRID_TOKENS, counts_from_logits
 from .refine import pixel_error, refine
 from .rng import LegacyGenerator, sample_at
 from .weights import Model, WeightsError as _WeightsError, find as find_weights, load
@@ -78,6 +79,7 @@ def _windows(gh: int, gw: int, margin: int):
         yield (y0, y1, x0, x1), (max(0, y0 - margin), min(gh, y1 + margin), max(0, x0 - margin), min(gw, x1 + margin))
 
 
+DECODE_ROWS = 2048  # kept tokens range-decoded per call (`_stage_count_chunks`: bounded memory)
 RD_MAX_TOKENS = 16384  # larger token grids choose blocks by edge strength (Codec.block_scores)
 UNIT = 32  # pad to a multiple of two tokens so the 2x2 phase groups tile evenly
 
@@ -243,6 +245,12 @@ class Codec(ScaleControl, RateControl):
             near[k] = self.model.tokenizer.quantize(a["z"], k)[0].cpu().numpy().astype(np.int64)
         return near[k]
 
+    def refines(self, a: dict, k: int) -> bool:
+        """Whether `tokens_for(a, k)` has yet to run the refinement (an analysis of an image
+        with rd tokens, codebook K not refined yet, a grid the refinement runs on)."""
+        return (a.get("tokens_rule") == "rd" and k not in a["tokens"] and "z" in a
+                and self._nearest(a, k).size <= REFINE_MAX_TOKENS)
+
     def rough_bytes(self, a: dict, s: Setting) -> float | None:
         """Estimated size of a setting with the nearest codewords, where that saves work: an
         analysis with rd tokens whose codebook has not been refined yet, a grid the refinement
@@ -330,6 +338,29 @@ class Codec(ScaleControl, RateControl):
                 torch.from_numpy(ctx), k, torch.from_numpy(positions[sees]))
         return counts
 
+    def _stage_count_chunks(self, ctx: np.ndarray, k: int, positions: np.ndarray, rows: int | None = None):
+        """`_stage_counts` of `positions`, as chunks of at most `rows` tables: one pass of the
+        prior over the grid, then the output head and the count tables chunk by chunk (the same
+        tables: each row depends only on its position's features). A decoder's memory then stays
+        bounded on the large stages of a photo (a quarter of a 12-MP grid at K = 1024 would be
+        94 MB per table array, and range decoding makes several)."""
+        prior, rows = self.model.prior, rows or DECODE_ROWS
+        sees = self.sees_known(ctx != k, positions)
+        feats = None
+        if sees.any():
+            where = torch.from_numpy(positions[sees]).to(prior.device)
+            feats = prior.hidden(torch.from_numpy(ctx), k).reshape(-1, prior.cfg.dim)[where]
+        rank = np.cumsum(sees) - 1  # row of each position in feats
+        for a in range(0, len(positions), rows):
+            b = min(a + rows, len(positions))
+            counts = self.blank_counts(k).expand(b - a, -1)
+            part = sees[a:b]
+            if part.any():
+                counts = counts.clone()
+                f = feats[torch.from_numpy(rank[a:b][part]).to(prior.device)]
+                counts[torch.from_numpy(part)] = counts_from_logits(prior.logits(f, k).cpu(), prior.exp.cpu())
+            yield counts
+
     def blank_counts(self, k: int) -> torch.Tensor:
         """The count table (1, K) of a position whose receptive field holds only [MASK],
         computed on a 2x2 grid. Exact for every grid: with one input vector everywhere in the
@@ -365,7 +396,15 @@ class Codec(ScaleControl, RateControl):
         exact count tables) gives one row per position. The encoder passes `cache`, keyed by
         stage and context, so rate-control trials only run the network where a setting changes
         a stage's context."""
-        tables = tables or self._stage_counts
+        with self._passes(grid):
+            return self._stage_loop(grid, k, keep, step, cache, tables or self._stage_counts)
+
+    def _passes(self, grid):
+        """A stage loop's passes over a large grid keep their freed blocks for the next pass
+        (memory.py): the heap is trimmed once, when the loop ends."""
+        return reuse_large_blocks(grid[0] * grid[1] >= LARGE_GRID_TOKENS and self.device.type == "cpu")
+
+    def _stage_loop(self, grid, k, keep, step, cache, tables):
         h, w = grid
         ctx = np.full(h * w, k, dtype=np.int64)
         keep_flat = keep.ravel()
@@ -539,13 +578,16 @@ class Codec(ScaleControl, RateControl):
 
             def tables(ctx, k_, positions):  # before each pass: is there room for what is left?
                 dec.require(left[0] * floor, f"its last {left[0]} kept tokens")
-                return self._stage_counts(ctx, k_, positions)
+                return self._stage_count_chunks(ctx, k_, positions)
 
-            def step(pos, counts):
-                left[0] -= len(pos)
-                # the stage's tokens cost at least their most likely symbols: is there room?
-                return dec.decode(counts, left[0] * floor,
-                                  f"the {len(pos) + left[0]} kept tokens from this stage on")
+            def step(pos, chunks):
+                out = []
+                for counts in chunks:
+                    left[0] -= len(counts)
+                    # the chunk's tokens cost at least their most likely symbols: is there room?
+                    out.append(dec.decode(counts, left[0] * floor,
+                                          f"the {len(counts) + left[0]} kept tokens from here on"))
+                return np.concatenate(out)
 
             ctx, coded = self._code_stages(grid, k, keep, step, tables=tables)
             dec.finish()  # the payload must end where the coder's words end
@@ -565,6 +607,10 @@ class Codec(ScaleControl, RateControl):
         encoder uses to preview a decode (three times faster; on Kodak 0-3% of the generated
         tokens differ from the exact prior's, near-ties, and the decoded PSNR by at most
         0.03 dB, docs/performance.md session 13). Decoders always use the exact prior."""
+        with self._passes(tokens.shape):
+            return self._generate(tokens, keep, k, seed, temperature, coder_id, exact)
+
+    def _generate(self, tokens, keep, k, seed, temperature, coder_id, exact) -> np.ndarray:
         h, w = tokens.shape
         legacy = LegacyGenerator(seed) if coder_id == 1 else None
         t_milli = int(round(temperature * 1000))
@@ -637,6 +683,8 @@ class Codec(ScaleControl, RateControl):
                 x = detail.band_split(x, tok.decode(win, k, rd, tile=(maps, (a0, b0, gh))), sigma)
             out[16 * y0:16 * y1, 16 * x0:16 * x1] = to_pixels(x[0])[16 * (y0 - a0):16 * (y1 - a0),
                                                                     16 * (x0 - b0):16 * (x1 - b0)]
+            del x
+            trim()
         return Image.fromarray(out[:h, :w])
 
     def decode(self, data: bytes, seed: int = 0, temperature: float = 0.0,

@@ -37,19 +37,35 @@ def _glibc():
         return None
 
 
+_depth = [0]  # reuse_large_blocks contexts open (one thread runs the passes)
+
+
 @contextmanager
 def reuse_large_blocks(enabled: bool = True):
-    """Inside: freed large blocks are kept for reuse (glibc). On leaving: the thresholds are
-    set to glibc's usual ceiling and the heap's free memory is returned to the system."""
+    """Inside: freed large blocks are kept for reuse (glibc). On leaving the outermost such
+    context: the thresholds are set to glibc's usual ceiling and the heap's free memory is
+    returned to the system. (A stage loop holds one around its passes: trimming after each pass
+    cost 20 ms, and the next pass faulted the same pages in again; session 16.)"""
     libc = _glibc() if enabled else None
     if libc is None:
         yield
         return
-    libc.mallopt(M_MMAP_THRESHOLD, HELD_THRESHOLD)
-    libc.mallopt(M_TRIM_THRESHOLD, 2 * HELD_THRESHOLD)
+    if not _depth[0]:
+        libc.mallopt(M_MMAP_THRESHOLD, HELD_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * HELD_THRESHOLD)
+    _depth[0] += 1
     try:
         yield
     finally:
-        libc.mallopt(M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
-        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        _depth[0] -= 1
+        if not _depth[0]:
+            libc.mallopt(M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD)
+            libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+            libc.malloc_trim(0)
+
+
+def trim() -> None:
+    """Return the heap's free memory to the system now (glibc; elsewhere nothing)."""
+    libc = _glibc()
+    if libc is not None:
         libc.malloc_trim(0)

@@ -39,6 +39,9 @@ ESTIMATE_SLACK = 8
 # rd tokens cost 0-6% more bytes than the nearest codewords (docs/rdo.md); a setting whose
 # estimate with the nearest codewords is over the budget by more than this is taken as over
 ROUGH_MARGIN = 0.05
+# A group's bound (`RateControl.group_bounds`) counts settings whose nearest-codeword file is
+# within this share above the budget as fitting
+BOUND_MARGIN = 0.02
 # Tone and colour correction grids tried by rate control: cell sides in tokens (x16 px) and
 # quantiser steps (Y, CbCr) in 8-bit levels. The coarse cells (12-32 tokens, down to a single
 # cell for a small image) cost 13-20 bytes: what a file whose smallest token setting nearly
@@ -523,8 +526,9 @@ class RateControl:
                     return True
             return len(exact(s).data) <= budget
 
+        bounds = self.group_bounds(a, groups, budget)
         for _ in range(3):
-            best = self.search(groups, fits, a)
+            best = self.search(groups, fits, a, bounds)
             if best is None:
                 break
             if plan and best not in tried:  # decided by its estimate, which lies above its size
@@ -549,12 +553,52 @@ class RateControl:
             tried[s] = self.encode_setting(a, s)
         return tried[s]
 
-    def search(self, groups: list[list[Setting]], fits, a: dict | None = None) -> Setting | None:
+    def group_bounds(self, a: dict, groups: list[list[Setting]], budget: int) -> dict[int, float] | None:
+        """Upper bounds on what each group (by index) can give, for analyses whose codebooks
+        are refined on demand (rd tokens, `tokens_for`: a decoder pass forward and backward per
+        step, plus a generation and a decode per edge mode for the rd block ranking), so that
+        rate control refines only codebooks that can win. A group's bound is the expected
+        quality of its richest setting whose file, sized with the nearest codewords and blocks
+        ranked by edge strength, fits BOUND_MARGIN above the budget: rd codewords cost as many
+        bytes or more (0-6%, docs/rdo.md), so few settings fit by rd tokens that do not by this
+        measure. Bounds are made lazily in order of the groups' best settings, until no further
+        group can top the largest bound found. None where nothing would be saved."""
+        if len({g[0].codebook for g in groups if self.refines(a, g[0].codebook)}) < 2:
+            return None
+        rough = {**a, "blocks": "edge", "estimates": a.setdefault("bound_estimates", {})}
+        cache = a.setdefault("bound_sizes", {})
+        limit = budget * (1 + BOUND_MARGIN) + ESTIMATE_SLACK
+
+        def fits(s: Setting) -> bool:
+            if s not in cache:
+                cache[s] = self.estimate_bytes(rough, s, self._nearest(rough, s.codebook))
+            return cache[s] <= limit
+        bounds: dict[int, float] = {}
+        for i, g in enumerate(groups):  # in order of their best setting
+            top = self.expected_quality(g[-1], a)
+            if bounds and top <= max(bounds.values()):  # this group and the rest: their best is
+                bounds.update({j: self.expected_quality(h[-1], a) for j, h in enumerate(groups) if j >= i})
+                break  # the bound (searched only if the bounded ones disappoint)
+            fit = self.search([g], fits, a)
+            bounds[i] = -np.inf if fit is None else self.expected_quality(fit, a)
+        return bounds
+
+    def search(self, groups: list[list[Setting]], fits, a: dict | None = None,
+               bounds: dict[int, float] | None = None) -> Setting | None:
         """The setting of highest expected quality (for analysis `a`) that `fits`, groups in
-        order of their best."""
+        order of their best; with `bounds` (`group_bounds`), groups in order of their bound,
+        those without one left out."""
         def eq(s: Setting) -> float:
             return self.expected_quality(s, a)
         best = None
+        if bounds is not None:
+            for i in sorted(bounds, key=lambda i: -bounds[i]):  # stop once no bound can beat the best found
+                if bounds[i] == -np.inf or (best is not None and bounds[i] <= eq(best)):
+                    break
+                fit = self.search([groups[i]], fits, a)
+                if fit is not None and (best is None or eq(fit) > eq(best)):
+                    best = fit
+            return best
         for g in groups:  # best upper bound first; stop once no group can beat the best found
             if best is not None and eq(g[-1]) <= eq(best):
                 break
