@@ -189,3 +189,23 @@ def test_codebooks_that_cannot_fit_are_not_refined(codec, monkeypatch):
     monkeypatch.setattr(ratecontrol, "ROUGH_MARGIN", float("inf"))
     full = codec.analyse(img)
     assert codec.encode_analysed(full, 80).data == r.data and 64 in full["tokens"]
+
+
+def test_bounded_search_refines_fewer_codebooks_for_the_same_files(codec, monkeypatch):
+    """Rate control bounds each group by its nearest-codeword sizes (`group_bounds`) and
+    refines a codebook only when its bound can beat the best found: over a range of budgets the
+    token search picks what the unbounded search picks, and somewhere it skips a refinement."""
+    from tokcodec.codec import Codec
+    img = photo(320, 256, seed=5)
+    skipped = 0
+    for nbytes in (100, 140, 200, 300):
+        a = codec.analyse(img)
+        got = codec.encode_tokens(a, nbytes)
+        with monkeypatch.context() as m:
+            m.setattr(Codec, "group_bounds", lambda self, a, groups, budget: None)
+            b = codec.analyse(img)
+            want = codec.encode_tokens(b, nbytes)
+        assert got.setting == want.setting and got.data == want.data and len(got.data) <= nbytes
+        assert set(a["tokens"]) <= set(b["tokens"])
+        skipped += len(b["tokens"]) - len(a["tokens"])
+    assert skipped

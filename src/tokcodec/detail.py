@@ -60,11 +60,11 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     xp = F.pad(x, (n, n, 0, 0), mode="replicate")
     y = taps[0] * xp[..., :, 0:w]
     for i in range(1, len(taps)):
-        y = y + taps[i] * xp[..., :, i:i + w]
+        y.add_(xp[..., :, i:i + w], alpha=taps[i])  # in place: no temporaries of the whole tile
     yp = F.pad(y, (0, 0, n, n), mode="replicate")
     z = taps[0] * yp[..., 0:h, :]
     for i in range(1, len(taps)):
-        z = z + taps[i] * yp[..., i:i + h, :]
+        z.add_(yp[..., i:i + h, :], alpha=taps[i])
     return z
 
 

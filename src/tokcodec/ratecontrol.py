@@ -13,6 +13,7 @@ methods.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ ROUGH_MARGIN = 0.05
 # A group's bound (`RateControl.group_bounds`) counts settings whose nearest-codeword file is
 # within this share above the budget as fitting
 BOUND_MARGIN = 0.02
+BOUND_STEPS = 2  # interpolation steps narrowing a group's bound (`RateControl.group_bounds`)
 # Tone and colour correction grids tried by rate control: cell sides in tokens (x16 px) and
 # quantiser steps (Y, CbCr) in 8-bit levels. The coarse cells (12-32 tokens, down to a single
 # cell for a small image) cost 13-20 bytes: what a file whose smallest token setting nearly
@@ -566,22 +568,40 @@ class RateControl:
         group can top the largest bound found. None where nothing would be saved."""
         if len({g[0].codebook for g in groups if self.refines(a, g[0].codebook)}) < 2:
             return None
-        rough = {**a, "blocks": "edge", "estimates": a.setdefault("bound_estimates", {})}
+        a.setdefault("estimates", {})
+        rough = {**a, "blocks": "edge"}  # its stage tables shared with rough_bytes' (same tokens)
         cache = a.setdefault("bound_sizes", {})
         limit = budget * (1 + BOUND_MARGIN) + ESTIMATE_SLACK
 
-        def fits(s: Setting) -> bool:
+        def size(s: Setting) -> float:
             if s not in cache:
                 cache[s] = self.estimate_bytes(rough, s, self._nearest(rough, s.codebook))
-            return cache[s] <= limit
+            return cache[s]
+
+        def bound(g: list[Setting]) -> float:
+            """The expected quality of the richest setting of the group that may fit: sizes
+            grow along the group, so a bracket (lo fits, hi does not) is narrowed by
+            BOUND_STEPS steps of linear interpolation in size (regula falsi: fewer estimates
+            than bisection on these smooth curves); the setting just below hi bounds it."""
+            if size(g[0]) > limit:
+                return -np.inf
+            if len(g) == 1 or size(g[-1]) <= limit:
+                return self.expected_quality(g[-1], a)
+            lo, hi = 0, len(g) - 1
+            for _ in range(BOUND_STEPS):
+                if hi - lo < 2:
+                    break
+                m = lo + (hi - lo) * (limit - size(g[lo])) / (size(g[hi]) - size(g[lo]))
+                m = min(max(int(round(m)), lo + 1), hi - 1)
+                lo, hi = (m, hi) if size(g[m]) <= limit else (lo, m)
+            return self.expected_quality(g[hi - 1], a)
         bounds: dict[int, float] = {}
         for i, g in enumerate(groups):  # in order of their best setting
             top = self.expected_quality(g[-1], a)
             if bounds and top <= max(bounds.values()):  # this group and the rest: their best is
                 bounds.update({j: self.expected_quality(h[-1], a) for j, h in enumerate(groups) if j >= i})
                 break  # the bound (searched only if the bounded ones disappoint)
-            fit = self.search([g], fits, a)
-            bounds[i] = -np.inf if fit is None else self.expected_quality(fit, a)
+            bounds[i] = bound(g)
         return bounds
 
     def search(self, groups: list[list[Setting]], fits, a: dict | None = None,
@@ -643,7 +663,10 @@ class RateControl:
             bits[0] += float(b.sum())
             return flat[pos]
 
-        self._code_stages(grid, k, keep, step, a.setdefault("estimates", {}).setdefault(k, {}), token_bits)
+        # the cached stage values are bits of the grid's own tokens: keyed by the grid too (the
+        # nearest codewords' rough sizes and the rd codewords' estimates share stage 0's context)
+        grid_id = (k, hashlib.sha1(np.ascontiguousarray(tokens)).digest())
+        self._code_stages(grid, k, keep, step, a.setdefault("estimates", {}).setdefault(grid_id, {}), token_bits)
         w, h = a["size"]
         header = Header(w, h, self.model.model_id, k, setting.mode, 0,
                         schedule_id=schedule.SCHEDULE_ID, coder_id=entropy.CODER_ID,
