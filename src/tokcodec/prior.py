@@ -215,8 +215,11 @@ def _floor_div(num: torch.Tensor, den) -> torch.Tensor:
     return torch.div(num, den, rounding_mode="floor")
 
 
-def _div_round(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return _floor_div(2 * num + den, 2 * den)
+def _floor_div_(num: torch.Tensor, den) -> torch.Tensor:
+    """_floor_div, in place on num (a fresh tensor); returns it."""
+    if num.is_floating_point():
+        return num.div_(den).floor_()
+    return num.div_(den, rounding_mode="floor")
 
 
 def _imatmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -356,7 +359,7 @@ class ExactPrior:
         d = x - _floor_div(x.sum(-1, keepdim=True), c)
         var = _floor_div((d * d).sum(-1, keepdim=True), c)
         std = _isqrt(var + 1).clamp_min(1)  # eps = 2**-16 in real units
-        n = _floor_div(d * (1 << ACT_BITS), std)
+        n = _floor_div_(d.mul_(1 << ACT_BITS), std)  # in place on d (fresh, no longer needed)
         n *= self.p[f"{name}.g"]
         return _rshift_round_(n, GAMMA_BITS).add_(self.p[f"{name}.b"])
 
@@ -364,10 +367,10 @@ class ExactPrior:
         """Integer logits (units 2**-8) -> unnormalised integer weights via the exp table, as
         float64 (exact integers below 2**17). Keys where `valid` is False get weight 0: EXP's
         last entry, 2**16 exp(-16), rounds to 0."""
-        if valid is not None:
-            s = torch.where(valid, s, torch.full_like(s, -(1 << 40)))
+        if valid is not None:  # in place on s (a fresh tensor, as the callers make it)
+            s.masked_fill_(~valid, -(1 << 40))
         m = s.amax(-1, keepdim=True)
-        idx = (m - s).clamp_max_(self.exp.numel() - 1)
+        idx = s.neg_().add_(m).clamp_max_(self.exp.numel() - 1)  # m - s, in place (exact integers)
         return self.exp64[idx.to(torch.int64)]  # no copy where idx is int64 already
 
     def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int) -> torch.Tensor:
@@ -383,7 +386,9 @@ class ExactPrior:
         e = self._softmax_weights(s, None if bool(valid.all()) else valid.view(n, 1, 1, L))
         # e is float64; its sums and products with v are exact (< 2**53)
         num = torch.matmul(e, v.to(torch.float64)).to(v.dtype)
-        out = _div_round(num, e.sum(-1, keepdim=True).to(num.dtype))
+        den = e.sum(-1, keepdim=True).to(num.dtype)
+        # num / den rounded half up: floor((2 num + den) / (2 den)), in place on the fresh num
+        out = _floor_div_(num.mul_(2).add_(den), den.mul_(2))
         return out.transpose(1, 2).reshape(n, L, cfg.dim)
 
     def _attention(self, x: torch.Tensor, i: int) -> torch.Tensor:
