@@ -328,22 +328,16 @@ class Codec(ScaleControl, RateControl):
 
     # ------------------------------------------------------------------ coding passes
     def _stage_counts(self, ctx: np.ndarray, k: int, positions: np.ndarray) -> torch.Tensor:
-        """Exact count tables at `positions`. Positions that no known token can reach get the
-        blank table without a pass over the grid; the others come from one pass."""
-        sees = self.sees_known(ctx != k, positions)
-        counts = self.blank_counts(k).expand(len(positions), -1)
-        if sees.any():
-            counts = counts.clone()
-            counts[torch.from_numpy(sees)] = self.model.prior.counts(
-                torch.from_numpy(ctx), k, torch.from_numpy(positions[sees]))
-        return counts
+        """Exact count tables at `positions`, in one array (`_stage_count_chunks` as one chunk)."""
+        return next(self._stage_count_chunks(ctx, k, positions, max(1, len(positions))))
 
     def _stage_count_chunks(self, ctx: np.ndarray, k: int, positions: np.ndarray, rows: int | None = None):
-        """`_stage_counts` of `positions`, as chunks of at most `rows` tables: one pass of the
-        prior over the grid, then the output head and the count tables chunk by chunk (the same
-        tables: each row depends only on its position's features). A decoder's memory then stays
-        bounded on the large stages of a photo (a quarter of a 12-MP grid at K = 1024 would be
-        94 MB per table array, and range decoding makes several)."""
+        """Exact count tables at `positions`, as chunks of at most `rows` (default DECODE_ROWS)
+        tables. Positions that no known token can reach get the blank table without a pass over
+        the grid; the others come from one pass, then the output head and the count tables chunk
+        by chunk (the same tables: each row depends only on its position's features). A
+        decoder's memory then stays bounded on the large stages of a photo (a quarter of a 12-MP
+        grid at K = 1024 would be 94 MB per table array, and range decoding makes several)."""
         prior, rows = self.model.prior, rows or DECODE_ROWS
         sees = self.sees_known(ctx != k, positions)
         feats = None
@@ -716,8 +710,8 @@ class Codec(ScaleControl, RateControl):
         # at the coded size, the upsampling would magnify the grain into coarse mottling
         up = resample.tokens_at(full, (hd.width, hd.height), shown)
         # one int16 buffer, in place (a 12-MP photo: 71 MB, where three of them were made)
-        band = np.asarray(self.render(up, hd.codebook, shown, r, seed, hd.decoder, True), dtype=np.int16)
-        band -= np.asarray(self.render(up, hd.codebook, shown, 0.0, seed, hd.decoder, True))
+        band = np.asarray(self.render(up, hd.codebook, shown, r, seed, hd.decoder, fast), dtype=np.int16)
+        band -= np.asarray(self.render(up, hd.codebook, shown, 0.0, seed, hd.decoder, fast))
         band += np.asarray(out)
         return Image.fromarray(np.clip(band, 0, 255, out=band).astype(np.uint8))
 

@@ -74,6 +74,14 @@ def _min_bits(cdf: np.ndarray) -> float:
     return max(0.0, float((PRECISION - np.log2(widest)).sum()) * (1 - 1e-9) - 1e-6)
 
 
+def adapt(c, bit: int) -> None:
+    """The adaptive binary model's update of one context's counts `c` ([n0, n1], a list or an
+    array row, in place) after coding `bit` (spec section 4.4)."""
+    c[bit] += 2
+    if c[0] + c[1] > 1024:
+        c[0], c[1] = (c[0] + 1) // 2, (c[1] + 1) // 2
+
+
 class BinaryContexts:
     """Adaptive binary model: per context, counts of zeros and ones (start 1, 1)."""
 
@@ -84,9 +92,7 @@ class BinaryContexts:
         return self.c[ctx:ctx + 1].copy()
 
     def update(self, ctx: int, bit: int) -> None:
-        self.c[ctx, bit] += 2
-        if self.c[ctx].sum() > 1024:
-            self.c[ctx] = (self.c[ctx] + 1) // 2
+        adapt(self.c[ctx], bit)
 
 
 class Encoder:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .container import BLOCK_FLOOR_BITS, MODES  # noqa: F401  (MODES re-exported)
-from .entropy import BinaryContexts, Decoder, Encoder
+from .entropy import BinaryContexts, Decoder, Encoder, adapt
 from .schedule import uigc_stage
 
 USES_BLOCKS = ("edge", "edge_more")
@@ -79,9 +79,7 @@ def block_tables(blocks: np.ndarray) -> np.ndarray:
             cc = c[2 * above[j] + left]
             rows.append((cc[0], cc[1]))
             left = here[j]
-            cc[left] += 2  # BinaryContexts.update
-            if cc[0] + cc[1] > 1024:
-                cc[0], cc[1] = (cc[0] + 1) // 2, (cc[1] + 1) // 2
+            adapt(cc, left)
     return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
