@@ -70,6 +70,32 @@ def test_counts_do_not_depend_on_which_positions_are_asked():
     assert torch.equal(allc[[5, 77, 200]], some)
 
 
+def test_features_at_rows_equal_the_whole_grid_at_those_rows(monkeypatch):
+    """`hidden(tokens, k, rows)` runs the last block's projection and MLP on the rows asked
+    only: the same integers as the whole grid's features at those rows, whether the last
+    block's windows are shifted or not, with window padding and across work chunks."""
+    import dataclasses
+
+    import tokcodec.prior as P
+    monkeypatch.setattr(P, "CHUNK", 48)  # several chunks per step on these grids
+    g = torch.Generator().manual_seed(7)
+    for depth in (1, 2, 3):
+        torch.manual_seed(depth)
+        p = Prior(dataclasses.replace(PRIOR_CFG, depth=depth)).eval()
+        ex = ExactPrior(p.cfg, quantize(p))
+        for h, w in [(13, 11), (16, 16)]:
+            toks = torch.randint(0, 65, (h, w), generator=g)
+            full = ex.hidden(toks, 64).reshape(-1, p.cfg.dim)
+            rows = torch.randint(0, h * w, (60,), generator=g)  # unsorted, with repeats
+            assert torch.equal(ex.hidden(toks, 64, rows), full[rows])
+            assert not torch.equal(full[rows], full[rows.flip(0)])  # the rows are told apart
+            where = torch.zeros(h * w, dtype=torch.bool)
+            where[rows] = True
+            with torch.no_grad():  # the float model (size estimates) the same way
+                want = p(toks[None], 64).reshape(-1, 64)[where]
+                assert torch.allclose(p(toks[None], 64, where.view(1, h, w)), want, atol=1e-5)
+
+
 def _both(p):
     t = quantize(p)
     return ExactPrior(p.cfg, t), ExactPrior(p.cfg, t, dtype=torch.int64)

@@ -343,7 +343,7 @@ class Codec(ScaleControl, RateControl):
         feats = None
         if sees.any():
             where = torch.from_numpy(positions[sees]).to(prior.device)
-            feats = prior.hidden(torch.from_numpy(ctx), k).reshape(-1, prior.cfg.dim)[where]
+            feats = prior.hidden(torch.from_numpy(ctx), k, where)
         rank = np.cumsum(sees) - 1  # row of each position in feats
         for a in range(0, len(positions), rows):
             b = min(a + rows, len(positions))

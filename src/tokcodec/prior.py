@@ -105,7 +105,9 @@ class Block(nn.Module):
         self.fc1 = nn.Linear(cfg.dim, cfg.mlp)
         self.fc2 = nn.Linear(cfg.mlp, cfg.dim)
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """Window attention of normalised features x (B,H,W,C), projected; with a boolean
+        (B,H,W) `where`, the rows (N,C) there only (the projection runs on those alone)."""
         cfg = self.cfg
         hd = cfg.dim // cfg.heads
         qkv = self.qkv(x)
@@ -121,11 +123,13 @@ class Block(nn.Module):
             bias = bias.unsqueeze(0) + keymask.view(nwin, 1, 1, L)  # (nW, heads, L, L)
             bias = bias.repeat(n // nwin, 1, 1, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        out = out.transpose(1, 2).reshape(n, L, cfg.dim)
-        return self.proj(unpartition(out, cfg.window, layout))
+        out = unpartition(out.transpose(1, 2).reshape(n, L, cfg.dim), cfg.window, layout)
+        return self.proj(out if where is None else out[where])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.ln1(x))
+    def forward(self, x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """Features (B,H,W,C) -> (B,H,W,C), or the rows (N,C) at the boolean (B,H,W) `where`
+        (attention reads every position; the rest acts on each position by itself)."""
+        x = (x + self.attention(self.ln1(x))) if where is None else x[where] + self.attention(self.ln1(x), where)
         return x + self.fc2(F.relu(self.fc1(self.ln2(x))))
 
 
@@ -147,10 +151,11 @@ class Prior(nn.Module):
         large = not torch.is_grad_enabled() and tokens.numel() >= LARGE_GRID_TOKENS and tokens.device.type == "cpu"
         with reuse_large_blocks(large):  # the encoder's estimates on photo-size grids
             x = self.emb[str(k)](tokens)
-            for blk in self.blocks:
-                x = blk(x)
-            x = self.ln_out(x)
-            return self.head[str(k)](x if where is None else x[where])
+            for i, blk in enumerate(self.blocks):  # the last block on the rows asked only
+                x = blk(x, where if i == len(self.blocks) - 1 else None)
+            if where is not None and not len(self.blocks):
+                x = x[where]
+            return self.head[str(k)](self.ln_out(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,8 +396,9 @@ class ExactPrior:
         out = _floor_div_(num.mul_(2).add_(den), den.mul_(2))
         return out.transpose(1, 2).reshape(n, L, cfg.dim)
 
-    def _attention(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """Shifted-window attention of layer i on normalised features x (1, H, W, C). The
+    def _attention(self, x: torch.Tensor, i: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Shifted-window attention of layer i on normalised features x (1, H, W, C), or its
+        rows (N, C) at the flat positions `rows` only (the projection then runs on those). The
         features are cut into windows first and q, k, v computed per chunk of windows (a third
         of the memory of cutting qkv): a padding position then holds qkv's bias where the
         spec's zero grid holds 0, which changes nothing, since a padding key's weight is
@@ -407,21 +413,39 @@ class ExactPrior:
             part = xw[a:a + step]
             qkv = self._linear(part.reshape(-1, C), f"b{i}.qkv").view(part.shape[0], L, 3 * cfg.dim)
             out[a:a + step] = self._window_attention(qkv, valid[a:a + step], i)
-        return _rowwise(lambda r: self._linear(r, f"b{i}.proj"), unpartition(out, cfg.window, layout), cfg.dim)
+        out = unpartition(out, cfg.window, layout)
+        if rows is not None:
+            out = out.reshape(-1, cfg.dim)[rows]
+        return _rowwise(lambda r: self._linear(r, f"b{i}.proj"), out, cfg.dim)
 
     def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:
         return self._linear(self._linear(self._layernorm(x, f"b{i}.ln2"), f"b{i}.fc1").clamp_min(0), f"b{i}.fc2")
 
-    def hidden(self, tokens: torch.Tensor, k: int) -> torch.Tensor:
+    def hidden(self, tokens: torch.Tensor, k: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (H,W) int64 with K = [MASK] -> final normalised features (H,W,dim), integers
-        in `self.dtype`. Every step works on chunks of about CHUNK tokens, which keeps large
-        grids in cache; integer results do not depend on the chunking."""
+        in `self.dtype`; with `rows` (flat positions, int64), the features (N,dim) at those
+        positions only: the last block's projection, MLP and the final layernorm then run on
+        those rows alone (they act on each position by itself: the same integers). Every step
+        works on chunks of about CHUNK tokens, which keeps large grids in cache; integer
+        results do not depend on the chunking."""
+        depth, dim = self.cfg.depth, self.cfg.dim
+        if rows is not None:
+            rows = rows.to(self.device)
         with reuse_large_blocks(tokens.numel() >= LARGE_GRID_TOKENS and self.device.type == "cpu"):
             x = self.p[f"emb.{k}"][tokens.to(self.device)].unsqueeze(0)
-            for i in range(self.cfg.depth):
-                x += self._attention(_rowwise(lambda r: self._layernorm(r, f"b{i}.ln1"), x, self.cfg.dim), i)
-                x += _rowwise(lambda r: self._mlp(r, i), x, self.cfg.dim)
-            return _rowwise(lambda r: self._layernorm(r, "ln_out"), x, self.cfg.dim)[0]
+            for i in range(depth):
+                normed = _rowwise(lambda r: self._layernorm(r, f"b{i}.ln1"), x, dim)
+                if i == depth - 1 and rows is not None:
+                    x = x.reshape(-1, dim)[rows]  # a fresh tensor: the rows needed
+                    x += self._attention(normed, i, rows)
+                else:
+                    x += self._attention(normed, i)
+                del normed
+                x += _rowwise(lambda r: self._mlp(r, i), x, dim)
+            if rows is not None and depth == 0:
+                x = x.reshape(-1, dim)[rows]
+            x = _rowwise(lambda r: self._layernorm(r, "ln_out"), x, dim)
+            return x if rows is not None else x[0]
 
     def logits(self, feats: torch.Tensor, k: int) -> torch.Tensor:
         """Features (N,dim) -> integer logits (N,K) in units of 2**-8, int64."""
@@ -429,8 +453,7 @@ class ExactPrior:
 
     def logits_at(self, tokens: torch.Tensor, k: int, positions: torch.Tensor) -> torch.Tensor:
         """Integer logits (N,K), on the CPU, for the flat positions given, from one forward pass."""
-        feats = self.hidden(tokens, k).reshape(-1, self.cfg.dim)[positions.to(self.device)]
-        return self.logits(feats, k).cpu()
+        return self.logits(self.hidden(tokens, k, positions), k).cpu()
 
     def float_twin(self) -> Prior:
         """A float Prior with the dequantised weights: close to, but not bit-identical with,
