@@ -197,14 +197,31 @@ def test_extension_bytes_is_what_the_correction_adds_to_a_file(codec, corr):
     assert correction.extension_bytes(corr) == len(with_correction(r.data, corr)) - len(r.data)
 
 
-def test_fit_from_a_known_difference_equals_fit(codec):
+def test_fit_from_known_block_sums_equals_fit(codec):
     rng = np.random.default_rng(3)
     a = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
     b = np.clip(a.astype(int) - [50, 0, 20] + rng.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
-    diff = correction.difference(a, b)
+    sums = correction.block_sums(a, b)
     for cell, steps, grey in ((1, (12, 6), False), (3, (24, 4), True)):
-        x, y = correction.fit(a, b, cell, steps, grey), correction.fit(a, b, cell, steps, grey, diff)
+        x, y = correction.fit(a, b, cell, steps, grey), correction.fit(a, b, cell, steps, grey, sums)
         assert np.array_equal(x.values, y.values) and x.values.any()
+
+
+def test_cell_means_are_the_means_of_the_ycbcr_difference():
+    """Cell means from 16-px block sums equal the direct means of the per-pixel YCbCr
+    difference over each cell, edge cells (fewer pixels) included."""
+    rng = np.random.default_rng(4)
+    for h, w in ((70, 90), (64, 96), (33, 17)):
+        a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        b = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        diff = _ycc_difference(a, b)
+        sums = correction.block_sums(a, b)
+        assert sums.shape == (-(-h // 16), -(-w // 16), 3) and sums.sum() == (a.astype(int) - b).sum()
+        for cell in (1, 2, 3):
+            f = 16 * cell
+            want = np.array([[diff[i:i + f, j:j + f].reshape(-1, 3).mean(0) for j in range(0, w, f)]
+                             for i in range(0, h, f)]).transpose(2, 0, 1)
+            assert np.allclose(correction.cell_means(sums, cell, (w, h)), want, rtol=0, atol=1e-9)
 
 
 def test_the_kept_file_is_the_best_measured_of_the_correction_trials(codec, monkeypatch):
@@ -239,13 +256,17 @@ def test_the_correction_is_applied_in_row_bands_to_the_same_pixels(monkeypatch):
         assert (whole != decoded).mean() > 0.5
 
 
+def _ycc_difference(original, decoded):
+    return (original.astype(np.float64) - decoded.astype(np.float64)) @ correction.RGB_TO_YCC.T
+
+
 def test_a_chroma_only_grid_fixes_a_colour_cast_for_a_fraction_of_the_bytes():
     """Y step 255 (rate control's chroma-only grids): where the decode's brightness is nearly
     right and its colour is off, every Y value rounds to 0, the cast is removed as well as with
     a fine Y step, and the grid costs fewer bytes."""
     rng = np.random.default_rng(5)
     original = rng.integers(40, 216, (160, 224, 3), dtype=np.uint8)
-    ycc = correction.difference(original, np.zeros_like(original))  # original in YCbCr
+    ycc = _ycc_difference(original, np.zeros_like(original))  # original in YCbCr
     ripple = 6 * np.sin(np.arange(224) / 20.0)[None, :, None] * [1.0, 0.0, 0.0]  # small luma errors
     cast = ycc + [0.0, 9.0, -7.0] + ripple + rng.normal(0, 3, ycc.shape)  # and a chroma shift
     decoded = np.clip(np.round(cast @ correction.YCC_TO_RGB.T), 0, 255).astype(np.uint8)
@@ -253,9 +274,9 @@ def test_a_chroma_only_grid_fixes_a_colour_cast_for_a_fraction_of_the_bytes():
     full = correction.fit(original, decoded, 2, (4, 3))
     assert not chroma.values[0].any() and chroma.values[1:].any()
     def err(c):
-        return np.abs(correction.difference(original, correction.apply(decoded, c))[..., 1:].mean((0, 1))).max()
+        return np.abs(_ycc_difference(original, correction.apply(decoded, c))[..., 1:].mean((0, 1))).max()
     # the mean cast of 9 levels is left within about half a quantiser step (3 levels)
-    assert err(chroma) < 1.7 and np.abs(correction.difference(original, decoded)[..., 1:].mean((0, 1))).max() > 6
+    assert err(chroma) < 1.7 and np.abs(_ycc_difference(original, decoded)[..., 1:].mean((0, 1))).max() > 6
     assert err(chroma) <= err(full) + 0.5
     assert correction.extension_bytes(chroma) < correction.extension_bytes(full)
 

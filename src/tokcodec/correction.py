@@ -160,29 +160,41 @@ def unpack(body: bytes, width: int, height: int) -> Correction:
     return Correction(cell, grey, steps, values)
 
 
-def cell_means(diff: np.ndarray, cell: int) -> np.ndarray:
-    """Mean of (H, W, C) values over each grid cell (cells at the right and bottom edges hold
-    fewer pixels) -> (C, gh, gw)."""
+def block_sums(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    """Sums of original - decoded over each 16x16-pixel block (blocks at the right and bottom
+    edges hold fewer pixels): (ceil(H/16), ceil(W/16), 3) int64, exact (uint8 (H, W, 3) images).
+    Every grid cell is a whole number of these blocks, so the cells' means of every candidate
+    grid come from one pass over the pixels (`cell_means`)."""
+    h, w, c = original.shape
+    d = original.astype(np.int16)
+    d -= decoded
+    rows = np.add.reduceat(d.reshape(h, w * c), np.arange(0, h, 16), axis=0, dtype=np.int32)
+    return np.add.reduceat(rows.reshape(-1, w, c), np.arange(0, w, 16), axis=1, dtype=np.int64)
+
+
+def cell_means(sums: np.ndarray, cell: int, size: tuple[int, int]) -> np.ndarray:
+    """Means in YCbCr of original - decoded over each grid cell of `cell` tokens (16-px blocks)
+    of an image of `size` (W, H), from its `block_sums` -> (C, gh, gw) float64 (cells at the
+    right and bottom edges hold fewer pixels). The sums are exact integers, then divided by
+    each cell's pixel count and converted to YCbCr (linear: the means of the converted
+    differences)."""
+    w, h = size
     f = 16 * cell
-    h, w, _ = diff.shape
+    cells = np.add.reduceat(np.add.reduceat(sums, np.arange(0, sums.shape[0], cell), axis=0),
+                            np.arange(0, sums.shape[1], cell), axis=1)
     rows, cols = np.arange(0, h, f), np.arange(0, w, f)
-    sums = np.add.reduceat(np.add.reduceat(diff, rows, axis=0), cols, axis=1)
     n = np.outer(np.minimum(rows + f, h) - rows, np.minimum(cols + f, w) - cols)
-    return (sums / n[..., None]).transpose(2, 0, 1)
-
-
-def difference(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-    """original - decoded in YCbCr, (H, W, 3) float64 (uint8 (H, W, 3) images)."""
-    return (original.astype(np.float64) - decoded.astype(np.float64)) @ RGB_TO_YCC.T
+    return ((cells / n[..., None]) @ RGB_TO_YCC.T).transpose(2, 0, 1)
 
 
 def fit(original: np.ndarray, decoded: np.ndarray, cell: int, steps: tuple[int, int],
-        grey: bool = False, diff: np.ndarray | None = None, means: np.ndarray | None = None) -> Correction:
-    """Quantised cell means of original - decoded in YCbCr (uint8 (H, W, 3) images); `diff`:
-    their `difference`, `means`: its `cell_means` for this cell, when already known (rate
+        grey: bool = False, sums: np.ndarray | None = None, means: np.ndarray | None = None) -> Correction:
+    """Quantised cell means of original - decoded in YCbCr (uint8 (H, W, 3) images); `sums`:
+    their `block_sums`, `means`: its `cell_means` for this cell, when already known (rate
     control fits every quantiser step of a cell from one)."""
     if means is None:
-        means = cell_means(difference(original, decoded) if diff is None else diff, cell)
+        h, w, _ = original.shape
+        means = cell_means(block_sums(original, decoded) if sums is None else sums, cell, (w, h))
     means = means[:1 if grey else 3]
     step = np.array([steps[0], steps[1], steps[1]], dtype=np.float64)[:len(means), None, None]
     q = np.clip(np.round(means / step), -VALUE_MAX, VALUE_MAX).astype(np.int64)

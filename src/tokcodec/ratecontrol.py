@@ -216,10 +216,16 @@ def grid_quality(rgb: np.ndarray, lab: np.ndarray, decoded: np.ndarray):
 
     def box(x: np.ndarray, n: int, m: int, k: int) -> np.ndarray:
         return x[:n * k, :m * k].reshape(n, k, m, k, -1).mean((1, 3))
+
+    def box_u8(x: np.ndarray, n: int, m: int, k: int) -> np.ndarray:  # box() of a uint8 image,
+        # from exact integer sums (the same float64 values, a quarter of the time)
+        rows = x[:n * k, :m * k].reshape(n, k, -1).sum(1, dtype=np.int32)
+        return rows.reshape(n, m, k, -1).sum(2, dtype=np.int64) / (k * k)
     d = decoded.astype(np.int32) - rgb
     base_sse = float(np.square(d).sum(dtype=np.int64)) / (h * w)  # per pixel, every channel
-    dec_s = box(decoded.astype(np.float64), hs, ws, f)
-    e_s = box(rgb.astype(np.float64), hs, ws, f) - dec_s
+    del d
+    dec_s = box_u8(decoded, hs, ws, f)
+    e_s = box_u8(rgb, hs, ws, f) - dec_s
     base_s = float(np.square(e_s).sum()) / (hs * ws)
 
     def quality(corr: correction.Correction) -> float:
@@ -352,12 +358,12 @@ class RateControl:
         token_bytes = first.size if budget is not None else len(self.exact(a, first.setting).data)
         no_grid = correction.Correction(0, grey)
         options = [(quality(no_grid), correction.extension_bytes(no_grid) if grey else 0, None)]
-        diff = correction.difference(rgb, d0)
+        sums = correction.block_sums(rgb, d0)
         for cell in CORRECTION_CELLS:
             gh, gw = correction.grid_shape(*a["size"], cell)
             if gh * gw < 1:
                 continue
-            means = correction.cell_means(diff, cell)
+            means = correction.cell_means(sums, cell, a["size"])
             for steps in CORRECTION_STEPS:
                 corr = correction.fit(rgb, d0, cell, steps, grey, means=means)
                 cost = correction.extension_bytes(corr)
@@ -370,6 +376,10 @@ class RateControl:
         def score(o):
             return o[0] - slope * np.log(room / max(room - o[1], 1)) if o[1] > room - token_bytes else o[0]
         ranked = sorted(options, key=score, reverse=True)
+
+        small = a["strength"].size * 4 <= TRIAL_MAX_TOKENS
+        fast = a.get("effort") == "fast"
+        trials = CORRECTION_TRIALS if budget is not None and small and not fast else 1
 
         def realise(cost, cfg) -> EncodeResult | None:
             """The file of one option: tokens at the budget less the grid's predicted bytes, the
@@ -387,8 +397,9 @@ class RateControl:
                     return res
                 if cfg is None:
                     corr = correction.Correction(0, grey)
-                else:
-                    corr = correction.fit(rgb, self.reconstruct(res, a), cfg[0], cfg[1], grey)
+                else:  # a single trial's file is the one kept: its grid is fitted to its exact
+                    # decode here, which `_exact_grid` would make anyway (no preview besides)
+                    corr = correction.fit(rgb, self.reconstruct(res, a, exact=trials == 1), cfg[0], cfg[1], grey)
                 data = with_correction(res.data, corr)
                 if budget is None or len(data) <= budget:
                     return dataclasses.replace(res, data=data)
@@ -400,9 +411,6 @@ class RateControl:
             out = self.reconstruct(r, a)
             return quality_of(out if corr is None else correction.apply(out, corr))
 
-        small = a["strength"].size * 4 <= TRIAL_MAX_TOKENS
-        fast = a.get("effort") == "fast"
-        trials = CORRECTION_TRIALS if budget is not None and small and not fast else 1
         done: list[EncodeResult] = []
         for _, cost, cfg in ranked:
             r = realise(cost, cfg)
