@@ -159,6 +159,20 @@ def test_stage_tables_skip_the_pass_only_where_nothing_is_known(codec, seed):
         assert (~sees).any()  # the shortcut is used
 
 
+def test_large_grids_encode_stage_by_chunk_to_the_same_file(codec, monkeypatch):
+    """From LARGE_GRID_TOKENS up, the encoder codes each stage chunk by chunk (a decoder's
+    tables, none cached): the same bytes as the whole-stage tables, for any chunk size."""
+    from tokcodec import codec as codec_module
+    img = photo(200, 130, seed=6)
+    want = codec.encode_setting(codec.analyse(img), Setting(64, "edge", 0.4)).data
+    monkeypatch.setattr(codec_module, "LARGE_GRID_TOKENS", 1)
+    for rows in (1, 7, 4096):
+        monkeypatch.setattr(codec_module, "DECODE_ROWS", rows)
+        a = codec.analyse(img)
+        assert codec.encode_setting(a, Setting(64, "edge", 0.4)).data == want
+        assert a["counts"].get(64, {}) == {}  # no stage tables kept
+
+
 def test_large_stages_decode_in_chunks_to_the_same_tokens(codec, monkeypatch):
     """A decoder range-decodes a stage's kept tokens in chunks of DECODE_ROWS tables (bounded
     memory on photo-size grids): the same tokens for any chunk size, and a truncated payload is

@@ -479,8 +479,17 @@ class Codec(ScaleControl, RateControl):
             info[0] += entropy.information_bits(sym, counts)
             return sym
 
-        cache = a["counts"].setdefault(k, {})
-        _, coded = self._code_stages(grid, k, keep, step, cache)
+        def step_chunks(pos, chunks):  # the same symbols in the same order: the same words
+            return np.concatenate([step(part, counts) for part, counts in
+                                   zip(np.split(pos, np.arange(DECODE_ROWS, len(pos), DECODE_ROWS)), chunks)])
+
+        if tokens.size >= LARGE_GRID_TOKENS:
+            # photo-size grids: a stage's tables chunk by chunk, as a decoder makes them, and
+            # none kept (a 12-MP grid's at K = 1024 would hold 377 MB; rate control makes one
+            # exact encode there, so nothing would reuse them)
+            _, coded = self._code_stages(grid, k, keep, step_chunks, tables=self._stage_count_chunks)
+        else:
+            _, coded = self._code_stages(grid, k, keep, step, a["counts"].setdefault(k, {}))
         payload = enc.finish()
         w, h = a["size"]
         header = Header(w, h, self.model.model_id, k, setting.mode, token_crc(coded),

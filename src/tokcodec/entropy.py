@@ -61,7 +61,11 @@ def quantized_cdf(counts, coder_id: int) -> np.ndarray:
 
 def _table(counts, coder_id: int, cdf: np.ndarray | None = None) -> np.ndarray:
     """The float64 rows handed to constriction for a coder (`cdf`: quantized_cdf of the counts,
-    if the caller has it already)."""
+    if the caller has it already). One row broadcast over many (np.broadcast_to: the tone and
+    colour grid's fixed table) is converted once and repeated."""
+    arr = counts if isinstance(counts, np.ndarray) else None
+    if cdf is None and arr is not None and arr.ndim == 2 and arr.shape[0] > 1 and arr.strides[0] == 0:
+        return np.ascontiguousarray(np.broadcast_to(_table(arr[:1], coder_id), arr.shape))
     if coder_id == 1:
         return np.ascontiguousarray(_counts(counts), dtype=np.float64)
     cdf = quantized_cdf(counts, coder_id) if cdf is None else cdf

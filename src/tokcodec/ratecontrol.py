@@ -214,25 +214,23 @@ def grid_quality(rgb: np.ndarray, lab: np.ndarray, decoded: np.ndarray):
     hs, ws = h // f, w // f
     hr, wr = lab.shape[:2]
 
-    def box(x: np.ndarray, n: int, m: int, k: int) -> np.ndarray:
-        return x[:n * k, :m * k].reshape(n, k, m, k, -1).mean((1, 3))
-
-    def box_u8(x: np.ndarray, n: int, m: int, k: int) -> np.ndarray:  # box() of a uint8 image,
-        # from exact integer sums (the same float64 values, a quarter of the time)
-        rows = x[:n * k, :m * k].reshape(n, k, -1).sum(1, dtype=np.int32)
-        return rows.reshape(n, m, k, -1).sum(2, dtype=np.int64) / (k * k)
+    def box_sum(x: np.ndarray, n: int, m: int, k: int, dtype=None) -> np.ndarray:
+        """Means of k x k boxes of x (H, W, C): sums over rows of boxes, then across (two
+        contiguous reductions; exact for a uint8 image summed in integers)."""
+        rows = x[:n * k, :m * k].reshape(n, k, -1).sum(1, dtype=dtype)
+        return rows.reshape(n, m, k, -1).sum(2, dtype=dtype) / (k * k)
     d = decoded.astype(np.int32) - rgb
     base_sse = float(np.square(d).sum(dtype=np.int64)) / (h * w)  # per pixel, every channel
     del d
-    dec_s = box_u8(decoded, hs, ws, f)
-    e_s = box_u8(rgb, hs, ws, f) - dec_s
+    dec_s = box_sum(decoded, hs, ws, f, np.int64)
+    e_s = box_sum(rgb, hs, ws, f, np.int64) - dec_s
     base_s = float(np.square(e_s).sum()) / (hs * ws)
 
     def quality(corr: correction.Correction) -> float:
         c = correction.reduced_offsets(corr, w, h, f) if corr.cell else 0.0
         sse = base_sse + float(np.square(e_s - c).sum()) / (hs * ws) - base_s + (0.25 if corr.cell else 0.0)
         psnr = 10 * np.log10(255.0 ** 2 * 3 / max(sse, 1e-9))
-        region = box(np.clip(dec_s + c, 0, 255), hr, wr, 16 // f)
+        region = box_sum(np.clip(dec_s + c, 0, 255), hr, wr, 16 // f)
         return psnr - COLOUR_WEIGHT * float(ciede2000(lab, srgb_to_lab(region)).mean())
     return quality
 
