@@ -655,10 +655,11 @@ class RateControl:
         bits = [mask.block_bits(blocks) if blocks is not None else 0.0]
         flat = tokens.ravel()
         floor = 2.0 ** -COUNT_BITS  # as the integer tables: every symbol keeps 1 of 2**20
-        # bfloat16 passes where the device runs them natively, for the fast effort and for
-        # grids over TRIAL_MAX_TOKENS: half the time, estimates a few bits apart (the 12-MP
-        # mosaic, three settings: the same bytes as float32's, 3.6 s against 6.9 s; session 16)
-        bf16 = native_bf16(self.device.type) and (a.get("effort") == "fast" or tokens.size > TRIAL_MAX_TOKENS)
+        # bfloat16 passes where the device runs them natively: estimates a few bits apart from
+        # float32's, far inside the margins that decide by estimate (the 12-MP mosaic: the same
+        # bytes, 3.6 s against 6.9 s per estimate; all 24 Kodak images at four targets: the
+        # same 96 files; docs/performance.md, session 17)
+        bf16 = native_bf16(self.device.type)
 
         def token_bits(ctx, k, pos):  # -log2 p(true token) at each position (sorted, flat)
             logp = torch.log_softmax(self.twin_logits(ctx, k, pos, bf16).float(), -1)
