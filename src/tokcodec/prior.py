@@ -198,6 +198,29 @@ def _rowwise(fn, x: torch.Tensor, out_dim: int) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], out_dim)
 
 
+def _rowwise_into(fn, x: torch.Tensor) -> torch.Tensor:
+    """`_rowwise` for a function fn(rows, out) that writes its (rows, C) result into `out` (no
+    copy of each chunk's result; out None: return it)."""
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] <= CHUNK:
+        return fn(flat, None).reshape(x.shape)
+    out = torch.empty_like(flat)
+    for a in range(0, flat.shape[0], CHUNK):
+        fn(flat[a:a + CHUNK], out[a:a + CHUNK])
+    return out.reshape(x.shape)
+
+
+def _rowwise_add_(x: torch.Tensor, fn, src: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., C), contiguous, += fn(rows of src) (default src: x itself), chunk by chunk in
+    place: each chunk's result is added where it belongs (fn acts on each row by itself, so
+    adding chunk by chunk gives what adding the whole result would)."""
+    flat = x.view(-1, x.shape[-1])
+    rows = flat if src is None else src.reshape(-1, src.shape[-1])
+    for a in range(0, flat.shape[0], CHUNK):
+        flat[a:a + CHUNK] += fn(rows[a:a + CHUNK])
+    return x
+
+
 # The integer arithmetic below runs on int64 tensors or on float64 tensors that hold integers.
 # In float64 every step is exact while its operands and result stay below 2**52 in magnitude:
 # sums, differences and products are then exact, a multiplication by 2**-b is exact, and for
@@ -359,14 +382,16 @@ class ExactPrior:
         acc *= p[f"{name}.m"]  # in place on the fresh product
         return _rshift_round_(acc, SCALE_SHIFT).add_(p[f"{name}.b"])
 
-    def _layernorm(self, x: torch.Tensor, name: str) -> torch.Tensor:
+    def _layernorm(self, x: torch.Tensor, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """LayerNorm of rows x (N, C) (spec 5.3); into `out` where given."""
         c = x.shape[-1]
         d = x - _floor_div(x.sum(-1, keepdim=True), c)
         var = _floor_div((d * d).sum(-1, keepdim=True), c)
         std = _isqrt(var + 1).clamp_min(1)  # eps = 2**-16 in real units
         n = _floor_div_(d.mul_(1 << ACT_BITS), std)  # in place on d (fresh, no longer needed)
         n *= self.p[f"{name}.g"]
-        return _rshift_round_(n, GAMMA_BITS).add_(self.p[f"{name}.b"])
+        n = _rshift_round_(n, GAMMA_BITS)
+        return n.add_(self.p[f"{name}.b"]) if out is None else torch.add(n, self.p[f"{name}.b"], out=out)
 
     def _softmax_weights(self, s: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Integer logits (units 2**-8) -> unnormalised integer weights via the exp table, as
@@ -378,8 +403,10 @@ class ExactPrior:
         idx = s.neg_().add_(m).clamp_max_(self.exp.numel() - 1)  # m - s, in place (exact integers)
         return self.exp64[idx.to(torch.int64)]  # no copy where idx is int64 already
 
-    def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int) -> torch.Tensor:
-        """Attention inside windows: qkv (n, L, 3C) with key validity (n, L) -> (n, L, C)."""
+    def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int,
+                          out: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention inside windows: qkv (n, L, 3C) with key validity (n, L) -> (n, L, C), into
+        the contiguous `out` where given."""
         cfg = self.cfg
         hd = cfg.dim // cfg.heads
         n, L, _ = xw.shape
@@ -393,12 +420,15 @@ class ExactPrior:
         num = torch.matmul(e, v.to(torch.float64)).to(v.dtype)
         den = e.sum(-1, keepdim=True).to(num.dtype)
         # num / den rounded half up: floor((2 num + den) / (2 den)), in place on the fresh num
-        out = _floor_div_(num.mul_(2).add_(den), den.mul_(2))
-        return out.transpose(1, 2).reshape(n, L, cfg.dim)
+        res = _floor_div_(num.mul_(2).add_(den), den.mul_(2)).transpose(1, 2)  # (n, L, heads, hd)
+        if out is None:
+            return res.reshape(n, L, cfg.dim)
+        out.view(n, L, cfg.heads, hd).copy_(res)
+        return out
 
     def _attention(self, x: torch.Tensor, i: int, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Shifted-window attention of layer i on normalised features x (1, H, W, C), or its
-        rows (N, C) at the flat positions `rows` only (the projection then runs on those). The
+        """Shifted-window attention of layer i on normalised features x (1, H, W, C), before
+        its projection, or its rows (N, C) at the flat positions `rows` only. The
         features are cut into windows first and q, k, v computed per chunk of windows (a third
         of the memory of cutting qkv): a padding position then holds qkv's bias where the
         spec's zero grid holds 0, which changes nothing, since a padding key's weight is
@@ -412,11 +442,9 @@ class ExactPrior:
         for a in range(0, n, step):
             part = xw[a:a + step]
             qkv = self._linear(part.reshape(-1, C), f"b{i}.qkv").view(part.shape[0], L, 3 * cfg.dim)
-            out[a:a + step] = self._window_attention(qkv, valid[a:a + step], i)
+            self._window_attention(qkv, valid[a:a + step], i, out[a:a + step])
         out = unpartition(out, cfg.window, layout)
-        if rows is not None:
-            out = out.reshape(-1, cfg.dim)[rows]
-        return _rowwise(lambda r: self._linear(r, f"b{i}.proj"), out, cfg.dim)
+        return out if rows is None else out.reshape(-1, cfg.dim)[rows]
 
     def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:
         return self._linear(self._linear(self._layernorm(x, f"b{i}.ln2"), f"b{i}.fc1").clamp_min(0), f"b{i}.fc2")
@@ -434,17 +462,19 @@ class ExactPrior:
         with reuse_large_blocks(tokens.numel() >= LARGE_GRID_TOKENS and self.device.type == "cpu"):
             x = self.p[f"emb.{k}"][tokens.to(self.device)].unsqueeze(0)
             for i in range(depth):
-                normed = _rowwise(lambda r: self._layernorm(r, f"b{i}.ln1"), x, dim)
-                if i == depth - 1 and rows is not None:
-                    x = x.reshape(-1, dim)[rows]  # a fresh tensor: the rows needed
-                    x += self._attention(normed, i, rows)
-                else:
-                    x += self._attention(normed, i)
+                normed = _rowwise_into(lambda r, o: self._layernorm(r, f"b{i}.ln1", o), x)
+                last = i == depth - 1 and rows is not None
+                att = self._attention(normed, i, rows if last else None)
                 del normed
-                x += _rowwise(lambda r: self._mlp(r, i), x, dim)
+                if last:
+                    x = x.reshape(-1, dim)[rows]  # a fresh tensor: the rows needed
+                # the residual additions in place, chunk by chunk (the same integers)
+                _rowwise_add_(x, lambda r: self._linear(r, f"b{i}.proj"), att)
+                del att
+                _rowwise_add_(x, lambda r: self._mlp(r, i))
             if rows is not None and depth == 0:
                 x = x.reshape(-1, dim)[rows]
-            x = _rowwise(lambda r: self._layernorm(r, "ln_out"), x, dim)
+            x = _rowwise_into(lambda r, o: self._layernorm(r, "ln_out", o), x)
             return x if rows is not None else x[0]
 
     def logits(self, feats: torch.Tensor, k: int) -> torch.Tensor:
