@@ -377,3 +377,13 @@ def test_threads_option_sets_torch_threads(files, tiny_weights, monkeypatch):
             assert torch.get_num_threads() == want
     finally:
         torch.set_num_threads(before)
+
+
+def test_batch_default_is_one_worker_per_two_cores_sharing_them(monkeypatch):
+    from tokcodec import cli
+    for cores, workers, threads in ((1, 1, 1), (2, 1, 2), (3, 1, 3), (4, 2, 2), (8, 4, 2), (16, 4, 4)):
+        monkeypatch.setattr(cli, "default_threads", lambda cores=cores: cores)
+        w = cli.n_workers(None, 100)
+        assert (w, cli.worker_threads(None, w)) == (workers, threads)
+    assert cli.n_workers(None, 1) == 1 and cli.n_workers(3, 2) == 2  # never more than the files
+    assert cli.worker_threads(None, 3) == 5 and cli.worker_threads(2, 3) == 2  # 16 cores; --threads wins
