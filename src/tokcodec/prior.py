@@ -187,20 +187,9 @@ CHUNK = 2048            # tokens per block of work in the exact evaluation (spee
 LARGE_GRID_TOKENS = 16384
 
 
-def _rowwise(fn, x: torch.Tensor, out_dim: int) -> torch.Tensor:
-    """Apply a per-token function to x (..., C) in chunks of CHUNK tokens."""
-    flat = x.reshape(-1, x.shape[-1])
-    if flat.shape[0] <= CHUNK:
-        return fn(flat).reshape(*x.shape[:-1], out_dim)
-    out = flat.new_empty(flat.shape[0], out_dim)
-    for a in range(0, flat.shape[0], CHUNK):
-        out[a:a + CHUNK] = fn(flat[a:a + CHUNK])
-    return out.reshape(*x.shape[:-1], out_dim)
-
-
 def _rowwise_into(fn, x: torch.Tensor) -> torch.Tensor:
-    """`_rowwise` for a function fn(rows, out) that writes its (rows, C) result into `out` (no
-    copy of each chunk's result; out None: return it)."""
+    """Apply a per-token function to x (..., C) in chunks of CHUNK tokens: fn(rows, out) writes
+    its (rows, C) result into `out` (no copy of each chunk's result; out None: return it)."""
     flat = x.reshape(-1, x.shape[-1])
     if flat.shape[0] <= CHUNK:
         return fn(flat, None).reshape(x.shape)
