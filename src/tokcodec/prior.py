@@ -390,7 +390,8 @@ class ExactPrior:
             s.masked_fill_(~valid, -(1 << 40))
         m = s.amax(-1, keepdim=True)
         idx = s.neg_().add_(m).clamp_max_(self.exp.numel() - 1)  # m - s, in place (exact integers)
-        return self.exp64[idx.to(torch.int64)]  # no copy where idx is int64 already
+        # a 1-D lookup with int32 indices: half the time of advanced indexing with int64 ones
+        return self.exp64.index_select(0, idx.reshape(-1).to(torch.int32)).view(idx.shape)
 
     def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int,
                           out: torch.Tensor | None = None) -> torch.Tensor:
@@ -525,6 +526,7 @@ def counts_from_logits(logits: torch.Tensor, exp: torch.Tensor, temperature_mill
     if temperature_milli != 1000:
         logits = torch.div(logits * 1000, temperature_milli, rounding_mode="floor")
     m = logits.amax(-1, keepdim=True)
-    w = exp.to(logits.device)[(m - logits).clamp_max(exp.numel() - 1)]
+    idx = (m - logits).clamp_max_(exp.numel() - 1)
+    w = exp.to(logits.device).index_select(0, idx.reshape(-1).to(torch.int32)).view(idx.shape)
     total = w.sum(-1, keepdim=True)
     return torch.div(w * ((1 << COUNT_BITS) - k), total, rounding_mode="floor") + 1
