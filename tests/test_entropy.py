@@ -43,6 +43,32 @@ def test_binary_contexts_round_trip():
     assert [dec.decode_bit(m, i % 2) for i in range(300)] == bits.tolist()
 
 
+def test_binary_decisions_follow_the_coder_as_general_tables_do():
+    """decode_bit builds coder 2's two-symbol table in plain integers: the same bits and the
+    same followed coder state (hence the same truncation checks) as decoding each bit through
+    the general count-table path, for both coders, followed by ordinary symbols."""
+    rng = np.random.default_rng(4)
+    bits = (rng.random(2000) < 0.1).astype(int)
+    counts = random_counts(50, 64, seed=5)
+    sym = rng.integers(0, 64, 50)
+    for coder in (1, 2):
+        enc, m = entropy.Encoder(coder), entropy.BinaryContexts(3)
+        for i, b in enumerate(bits):
+            enc.encode_bit(int(b), m, i % 3)
+        enc.encode(sym, counts)
+        data = enc.finish()
+        fast, general = entropy.Decoder(data, coder), entropy.Decoder(data, coder)
+        mf, mg = entropy.BinaryContexts(3), entropy.BinaryContexts(3)
+        for i, b in enumerate(bits):
+            assert fast.decode_bit(mf, i % 3) == b
+            g = int(general.decode(mg.table(i % 3))[0])
+            mg.update(i % 3, g)
+            assert fast.capacity_bits() == general.capacity_bits()
+        assert np.array_equal(fast.decode(counts), sym) and np.array_equal(general.decode(counts), sym)
+        fast.finish()
+        general.finish()
+
+
 def test_sampling_is_seeded_and_follows_counts():
     from tokcodec.rng import LegacyGenerator, sample_at
     counts = np.array([[1, 1000000], [1000000, 1]] * 50)
