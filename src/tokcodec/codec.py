@@ -480,8 +480,11 @@ class Codec(ScaleControl, RateControl):
             return sym
 
         def step_chunks(pos, chunks):  # the same symbols in the same order: the same words
-            return np.concatenate([step(part, counts) for part, counts in
-                                   zip(np.split(pos, np.arange(DECODE_ROWS, len(pos), DECODE_ROWS)), chunks)])
+            out, a = [], 0
+            for counts in chunks:  # each chunk codes the next len(counts) positions
+                out.append(step(pos[a:a + len(counts)], counts))
+                a += len(counts)
+            return np.concatenate(out)
 
         if tokens.size >= LARGE_GRID_TOKENS:
             # photo-size grids: a stage's tables chunk by chunk, as a decoder makes them, and

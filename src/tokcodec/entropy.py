@@ -198,7 +198,8 @@ class Decoder:
             n0, n1 = int(model.c[ctx, 0]), int(model.c[ctx, 1])
             mid = n0 * ((1 << PRECISION) - 2) // (n0 + n1) + 1
             bit = int(self._constriction_decode(np.array([[mid - 1, (1 << PRECISION) - mid - 1]], dtype=np.float64))[0])
-            self._follow([0, mid][bit:bit + 1], [mid, 1 << PRECISION][bit:bit + 1])
+            left, right = (0, mid) if bit == 0 else (mid, 1 << PRECISION)
+            self._follow([left], [right])
         model.update(ctx, bit)
         return bit
 

@@ -199,6 +199,12 @@ def _rowwise_into(fn, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(x.shape)
 
 
+def _lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table[idx] for a 1-D table and integer-valued indices of any float or integer dtype: a
+    1-D index_select with int32 indices (half the time of advanced indexing with int64 ones)."""
+    return table.index_select(0, idx.reshape(-1).to(torch.int32)).view(idx.shape)
+
+
 def _rowwise_add_(x: torch.Tensor, fn, src: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., C), contiguous, += fn(rows of src) (default src: x itself), chunk by chunk in
     place: each chunk's result is added where it belongs (fn acts on each row by itself, so
@@ -390,13 +396,11 @@ class ExactPrior:
             s.masked_fill_(~valid, -(1 << 40))
         m = s.amax(-1, keepdim=True)
         idx = s.neg_().add_(m).clamp_max_(self.exp.numel() - 1)  # m - s, in place (exact integers)
-        # a 1-D lookup with int32 indices: half the time of advanced indexing with int64 ones
-        return self.exp64.index_select(0, idx.reshape(-1).to(torch.int32)).view(idx.shape)
+        return _lookup(self.exp64, idx)
 
-    def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int,
-                          out: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention inside windows: qkv (n, L, 3C) with key validity (n, L) -> (n, L, C), into
-        the contiguous `out` where given."""
+    def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int, out: torch.Tensor) -> None:
+        """Attention inside windows: qkv (n, L, 3C) with key validity (n, L), written into the
+        contiguous `out` (n, L, C)."""
         cfg = self.cfg
         hd = cfg.dim // cfg.heads
         n, L, _ = xw.shape
@@ -411,10 +415,7 @@ class ExactPrior:
         den = e.sum(-1, keepdim=True).to(num.dtype)
         # num / den rounded half up: floor((2 num + den) / (2 den)), in place on the fresh num
         res = _floor_div_(num.mul_(2).add_(den), den.mul_(2)).transpose(1, 2)  # (n, L, heads, hd)
-        if out is None:
-            return res.reshape(n, L, cfg.dim)
         out.view(n, L, cfg.heads, hd).copy_(res)
-        return out
 
     def _attention(self, x: torch.Tensor, i: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Shifted-window attention of layer i on normalised features x (1, H, W, C), before
@@ -526,7 +527,6 @@ def counts_from_logits(logits: torch.Tensor, exp: torch.Tensor, temperature_mill
     if temperature_milli != 1000:
         logits = torch.div(logits * 1000, temperature_milli, rounding_mode="floor")
     m = logits.amax(-1, keepdim=True)
-    idx = (m - logits).clamp_max_(exp.numel() - 1)
-    w = exp.to(logits.device).index_select(0, idx.reshape(-1).to(torch.int32)).view(idx.shape)
+    w = _lookup(exp.to(logits.device), (m - logits).clamp_max_(exp.numel() - 1))
     total = w.sum(-1, keepdim=True)
     return torch.div(w * ((1 << COUNT_BITS) - k), total, rounding_mode="floor") + 1
