@@ -333,6 +333,8 @@ class ExactPrior:
         # each layer's relative-position bias, gathered once: (heads, L, L)
         self.rel = [self.p[f"b{i}.rel"][:, self.rel_idx] for i in range(cfg.depth)]
         self._twin: Prior | None = None  # float_twin(), built on first use
+        self._lin: dict = {}  # _linear_params
+        self._qkv0: dict[int, torch.Tensor] = {}  # first_qkv
 
     def float_bounds(self) -> dict[str, float]:
         """Upper bounds, over every input grid, on the magnitudes that a float64 evaluation
@@ -358,7 +360,9 @@ class ExactPrior:
         def lin(X, name):
             acc = X @ t[f"{name}.w"].abs()
             scaled = acc * t[f"{name}.m"].abs()
-            note("scaled_product", scaled.max() + (1 << (SCALE_SHIFT - 1)))
+            # _linear adds the bias before the shift, as b * 2**30
+            note("scaled_product", (scaled + t[f"{name}.b"].abs() * (1 << SCALE_SHIFT)).max()
+                 + (1 << (SCALE_SHIFT - 1)))
             return torch.floor(scaled / (1 << SCALE_SHIFT)) + t[f"{name}.b"].abs() + 1
 
         for k in cfg.codebooks:
@@ -371,11 +375,25 @@ class ExactPrior:
             lin(ln(X, "ln_out"), f"head.{k}")
         return worst
 
-    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        p = self.p
-        acc = _imatmul(x, self.w64[f"{name}.w"])
-        acc *= p[f"{name}.m"]  # in place on the fresh product
-        return _rshift_round_(acc, SCALE_SHIFT).add_(p[f"{name}.b"])
+    def _linear(self, x: torch.Tensor, name: str, cols: slice | None = None) -> torch.Tensor:
+        """linear(x, name) (spec 5.1), or its output channels `cols` only. The bias is added
+        before the shift, as b * 2**30 (floor(y) + b = floor(y + b) for an integer b): one
+        fused step, acc * m + (2**29 + b * 2**30), then the shift."""
+        w, m, b = self._linear_params(name, cols)
+        acc = _imatmul(x, w)
+        if acc.is_floating_point():
+            return torch.addcmul(b, acc, m).mul_(2.0 ** -SCALE_SHIFT).floor_()
+        return torch.addcmul(b, acc, m).__irshift__(SCALE_SHIFT)
+
+    def _linear_params(self, name: str, cols: slice | None):
+        """(weights as float64, multipliers, 2**29 + b * 2**30) of a linear, in the working
+        dtype, for the output channels `cols` (contiguous copies, made once)."""
+        key = (name, None if cols is None else (cols.start, cols.stop))
+        if key not in self._lin:
+            c = cols or slice(None)
+            self._lin[key] = (self.w64[f"{name}.w"][:, c].contiguous(), self.p[f"{name}.m"][c].contiguous(),
+                              (self.p[f"{name}.b"][c] * (1 << SCALE_SHIFT) + (1 << (SCALE_SHIFT - 1))).contiguous())
+        return self._lin[key]
 
     def _layernorm(self, x: torch.Tensor, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """LayerNorm of rows x (N, C) (spec 5.3); into `out` where given."""
@@ -398,15 +416,15 @@ class ExactPrior:
         idx = s.neg_().add_(m).clamp_max_(self.exp.numel() - 1)  # m - s, in place (exact integers)
         return _lookup(self.exp64, idx)
 
-    def _window_attention(self, xw: torch.Tensor, valid: torch.Tensor, i: int, out: torch.Tensor) -> None:
-        """Attention inside windows: qkv (n, L, 3C) with key validity (n, L), written into the
-        contiguous `out` (n, L, C)."""
-        cfg = self.cfg
-        hd = cfg.dim // cfg.heads
-        n, L, _ = xw.shape
-        q, k, v = xw.view(n, L, 3, cfg.heads, hd).permute(2, 0, 3, 1, 4)
-        s = _rshift_round_(_imatmul(q, k.transpose(-1, -2)), ACT_BITS)  # (n, heads, L, L)
-        s += self.rel[i]
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                valid: torch.Tensor, out: torch.Tensor) -> None:
+        """Attention inside windows (spec 5.2): queries q (n, heads, M, hd), keys and values k, v
+        (n, heads, L, hd) with key validity (n, L), relative-position bias broadcast to
+        (n, heads, M, L); the heads written into the contiguous `out` (n, M, C)."""
+        n, heads, m, hd = q.shape
+        L = k.shape[2]
+        s = _rshift_round_(_imatmul(q, k.transpose(-1, -2)), ACT_BITS)  # (n, heads, M, L)
+        s += bias
         # windows without padding keys (every window of an unshifted layer on a grid whose
         # sides are multiples of the window) need no key mask: skipping it is exact
         e = self._softmax_weights(s, None if bool(valid.all()) else valid.view(n, 1, 1, L))
@@ -414,28 +432,87 @@ class ExactPrior:
         num = torch.matmul(e, v.to(torch.float64)).to(v.dtype)
         den = e.sum(-1, keepdim=True).to(num.dtype)
         # num / den rounded half up: floor((2 num + den) / (2 den)), in place on the fresh num
-        res = _floor_div_(num.mul_(2).add_(den), den.mul_(2)).transpose(1, 2)  # (n, L, heads, hd)
-        out.view(n, L, cfg.heads, hd).copy_(res)
+        res = _floor_div_(num.mul_(2).add_(den), den.mul_(2)).transpose(1, 2)  # (n, M, heads, hd)
+        out.view(n, m, heads, hd).copy_(res)
 
-    def _attention(self, x: torch.Tensor, i: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def first_qkv(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Block 0's qkv as a table over the ids: linear(layernorm(emb.K[id], b0.ln1), b0.qkv) at
+        row id + 1, and at row 0 a padding position's (the linear of zero features); whole and
+        split into its q and k, v channels. Block 0's input depends on the id alone and both
+        steps act on each position by itself, so looking the rows up gives the same integers."""
+        if k not in self._qkv0:
+            e = self.p[f"emb.{k}"]
+            feats = torch.cat([e.new_zeros(1, e.shape[1]), self._layernorm(e, "b0.ln1")])
+            full = self._linear(feats, "b0.qkv")
+            c = self.cfg.dim
+            self._qkv0[k] = (full, full[:, :c].contiguous(), full[:, c:].contiguous())
+        return self._qkv0[k]
+
+    def _attention(self, x: torch.Tensor | None, i: int, rows: torch.Tensor | None = None,
+                   ids: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
         """Shifted-window attention of layer i on normalised features x (1, H, W, C), before
-        its projection, or its rows (N, C) at the flat positions `rows` only. The
+        its projection, or its rows (N, C) at the flat positions `rows` only. Block 0 takes
+        `ids` = (token ids (1, H, W), K) instead of x: its qkv come from `first_qkv`. The
         features are cut into windows first and q, k, v computed per chunk of windows (a third
         of the memory of cutting qkv): a padding position then holds qkv's bias where the
         spec's zero grid holds 0, which changes nothing, since a padding key's weight is
-        exactly 0 and a padding query's output is dropped."""
+        exactly 0 and a padding query's output is dropped. With `rows`, the queries are those
+        rows alone (each query's scores, weights and output depend on its own q and its
+        window's keys and values): their q only, the keys and values of their windows only."""
         cfg = self.cfg
-        shift = (i % 2) * (cfg.window // 2)
-        xw, valid, layout = partition(x, cfg.window, shift)
-        n, L, C = xw.shape  # one image: n = number of windows
-        out = xw.new_empty(n, L, cfg.dim)
+        C, heads, win = cfg.dim, cfg.heads, cfg.window
+        hd = C // heads
+        shift = (i % 2) * (win // 2)
+        if ids is not None:  # ids + 1, so that the windows' zero padding is the table's row 0
+            table = self.first_qkv(ids[1])
+            xw, valid, layout = partition((ids[0] + 1).unsqueeze(-1), win, shift)
+
+            def qkv(part: torch.Tensor, which: int) -> torch.Tensor:  # which: 0 all, 1 q, 2 k and v
+                return table[which].index_select(0, part.reshape(-1).to(torch.int32))
+        else:
+            xw, valid, layout = partition(x, win, shift)
+
+            def qkv(part: torch.Tensor, which: int) -> torch.Tensor:
+                cols = (None, slice(0, C), slice(C, 3 * C))[which]
+                return self._linear(part.reshape(-1, part.shape[-1]), f"b{i}.qkv", cols)
+        n, L, _ = xw.shape  # one image: n = number of windows
         step = max(1, CHUNK // L)
-        for a in range(0, n, step):
-            part = xw[a:a + step]
-            qkv = self._linear(part.reshape(-1, C), f"b{i}.qkv").view(part.shape[0], L, 3 * cfg.dim)
-            self._window_attention(qkv, valid[a:a + step], i, out[a:a + step])
-        out = unpartition(out, cfg.window, layout)
-        return out if rows is None else out.reshape(-1, cfg.dim)[rows]
+        if rows is None:
+            out = torch.empty(n, L, C, dtype=self.dtype, device=self.device)
+            for a in range(0, n, step):
+                part = xw[a:a + step]
+                t = qkv(part, 0).view(part.shape[0], L, 3, heads, hd).permute(2, 0, 3, 1, 4)
+                self._attend(t[0], t[1], t[2], self.rel[i], valid[a:a + step], out[a:a + step])
+            return unpartition(out, win, layout)
+        # the asked rows grouped by window: slot (window, rank) of each, M slots per window
+        _, h, w, _, wp, _ = layout
+        ry, rx = rows // w + shift, rows % w + shift
+        window_of = (ry // win) * (wp // win) + rx // win
+        order = torch.argsort(window_of, stable=True)
+        used, counts = torch.unique_consecutive(window_of[order], return_counts=True)
+        m = int(counts.max())
+        group = torch.repeat_interleave(torch.arange(len(used), device=rows.device), counts)
+        cell = group * m + torch.arange(len(order), device=rows.device) - (torch.cumsum(counts, 0) - counts)[group]
+        asked = rows[order]
+        if ids is not None:
+            qr = qkv(ids[0].reshape(-1)[asked] + 1, 1)
+        else:
+            qr = qkv(x.reshape(-1, C)[asked], 1)
+        q = torch.zeros(len(used) * m, C, dtype=self.dtype, device=self.device)
+        q[cell] = qr
+        where = torch.zeros(len(used) * m, dtype=torch.int64, device=self.device)  # each query's place in its window
+        where[cell] = ((ry % win) * win + rx % win)[order]
+        out = torch.empty(len(used) * m, C, dtype=self.dtype, device=self.device)
+        for a in range(0, len(used), step):
+            wins = used[a:a + step]
+            nc = len(wins)
+            t = qkv(xw[wins], 2).view(nc, L, 2, heads, hd).permute(2, 0, 3, 1, 4)
+            qc = q[a * m:(a + nc) * m].view(nc, m, heads, hd).transpose(1, 2)
+            bias = self.rel[i][:, where[a * m:(a + nc) * m].view(nc, m)].transpose(0, 1)  # (nc, heads, M, L)
+            self._attend(qc, t[0], t[1], bias, valid[wins], out[a * m:(a + nc) * m])
+        res = torch.empty(len(rows), C, dtype=self.dtype, device=self.device)
+        res[order] = out[cell]
+        return res
 
     def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:
         return self._linear(self._linear(self._layernorm(x, f"b{i}.ln2"), f"b{i}.fc1").clamp_min(0), f"b{i}.fc2")
@@ -451,12 +528,16 @@ class ExactPrior:
         if rows is not None:
             rows = rows.to(self.device)
         with reuse_large_blocks(tokens.numel() >= LARGE_GRID_TOKENS and self.device.type == "cpu"):
-            x = self.p[f"emb.{k}"][tokens.to(self.device)].unsqueeze(0)
+            tokens = tokens.to(self.device)
+            x = self.p[f"emb.{k}"][tokens].unsqueeze(0)
             for i in range(depth):
-                normed = _rowwise_into(lambda r, o: self._layernorm(r, f"b{i}.ln1", o), x)
                 last = i == depth - 1 and rows is not None
-                att = self._attention(normed, i, rows if last else None)
-                del normed
+                if i == 0:  # block 0's qkv looked up by id (first_qkv)
+                    att = self._attention(None, 0, rows if last else None, (tokens.unsqueeze(0), k))
+                else:
+                    normed = _rowwise_into(lambda r, o: self._layernorm(r, f"b{i}.ln1", o), x)
+                    att = self._attention(normed, i, rows if last else None)
+                    del normed
                 if last:
                     x = x.reshape(-1, dim)[rows]  # a fresh tensor: the rows needed
                 # the residual additions in place, chunk by chunk (the same integers)
