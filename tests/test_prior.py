@@ -195,3 +195,18 @@ def test_reuse_large_blocks_restores_the_allocator_even_on_errors(monkeypatch):
     with memory.reuse_large_blocks():
         pass
     assert log == []
+
+
+def test_window_padding_is_zero():
+    """`partition` pads the shifted grid with zeros (a NaN there would reach the outputs
+    through the zero weight of a padding key), for several sides and shifts; the memory it
+    allocates is first filled with NaN and freed, so that a strip left unwritten shows."""
+    from tokcodec.prior import partition
+    for h, w, shift in [(13, 11, 4), (16, 16, 4), (5, 9, 4), (9, 2, 0), (3, 16, 4)]:
+        hp, wp = -(-(h + shift) // 8) * 8, -(-(w + shift) // 8) * 8
+        poison = torch.full((1, hp, wp, 8), float("nan"), dtype=torch.float64)
+        del poison
+        x = torch.rand(1, h, w, 8, dtype=torch.float64) + 1
+        xw, valid, _ = partition(x, 8, shift)
+        rows, ok = xw.reshape(-1, 8), valid.reshape(-1)
+        assert (rows[~ok] == 0).all() and (rows[ok] >= 1).all()

@@ -61,8 +61,12 @@ def partition(x: torch.Tensor, win: int, shift: int):
     if (Hp, Wp) == (H, W):  # shift 0 on a grid of whole windows: no padding to write
         xp = x.contiguous()
         valid = torch.ones(Hp, Wp, dtype=torch.bool, device=x.device)
-    else:
-        xp = x.new_zeros(B, Hp, Wp, C)
+    else:  # zeros around the grid only (filling the whole padded grid first cost as much as the copy)
+        xp = x.new_empty(B, Hp, Wp, C)
+        xp[:, :shift].zero_()
+        xp[:, shift + H:].zero_()
+        xp[:, shift:shift + H, :shift].zero_()
+        xp[:, shift:shift + H, shift + W:].zero_()
         xp[:, shift:shift + H, shift:shift + W] = x
         valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
         valid[shift:shift + H, shift:shift + W] = True
@@ -529,7 +533,7 @@ class ExactPrior:
             rows = rows.to(self.device)
         with reuse_large_blocks(tokens.numel() >= LARGE_GRID_TOKENS and self.device.type == "cpu"):
             tokens = tokens.to(self.device)
-            x = self.p[f"emb.{k}"][tokens].unsqueeze(0)
+            x = self.p[f"emb.{k}"].index_select(0, tokens.reshape(-1).to(torch.int32)).view(1, *tokens.shape, -1)
             for i in range(depth):
                 last = i == depth - 1 and rows is not None
                 if i == 0:  # block 0's qkv looked up by id (first_qkv)
