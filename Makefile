@@ -7,7 +7,7 @@ KODAK ?= ../shared/data/kodak
 PRIOR_MINUTES ?= 110
 IMG ?= $(shell $(BIN)/python -c "import matplotlib.cbook as c; print(c.get_sample_data('grace_hopper.jpg', asfileobj=False))" 2>/dev/null)
 
-.PHONY: setup demo test check-cuda bench vvc eval eval-modes eval-realism train-tokenizer train-ladder train-prior tokens-packed train-prior1 export-prior1 train-realism export export-realism train-decoder export-decoder fit-quality clean
+.PHONY: setup demo test check-cuda bench bench-speed vvc eval eval-modes eval-realism train-tokenizer train-ladder train-prior tokens-packed train-prior1 export-prior1 train-realism export export-realism train-decoder export-decoder fit-quality clean
 
 # CPU PyTorch: `pip install torch==2.13.0` installs whatever build of 2.13.0 pip finds first. On
 # the development machine that is torch-2.13.0+cpu, a wheel in pip's local find-links folder
@@ -52,6 +52,12 @@ eval-modes: setup
 vvc: .cache/vvc/bin/vvencapp
 .cache/vvc/bin/vvencapp:
 	bash ../shared/tools/build-vvc.sh .cache/vvc
+
+# the speed section alone (tokc against VVenC/VVdeC in the same run): docs/speed.md, about 5 minutes
+bench-speed: setup
+	$(BIN)/pip install -q -e ".[bench]"
+	$(MAKE) vvc
+	$(BIN)/python -m tokcodec.bench --data $(KODAK) --speed-only --out docs
 
 bench: setup
 	$(BIN)/pip install -q -e ".[bench]"
