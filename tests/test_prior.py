@@ -89,6 +89,7 @@ def test_features_at_rows_equal_the_whole_grid_at_those_rows(monkeypatch):
             rows = torch.randint(0, h * w, (60,), generator=g)  # unsorted, with repeats
             assert torch.equal(ex.hidden(toks, 64, rows), full[rows])
             assert not torch.equal(full[rows], full[rows.flip(0)])  # the rows are told apart
+            assert ex.hidden(toks, 64, rows[:0]).shape == (0, p.cfg.dim)  # no rows asked: none given
             where = torch.zeros(h * w, dtype=torch.bool)
             where[rows] = True
             with torch.no_grad():  # the float model (size estimates) the same way

@@ -53,8 +53,9 @@ class PriorConfig:
 # ---------------------------------------------------------------------------------------------
 # Window partitioning, shared by both evaluations (works on any dtype).
 
-def partition(x: torch.Tensor, win: int, shift: int):
-    """(B,H,W,C) -> windows (B*nW, win*win, C), key validity (nW, win*win), layout."""
+def pad_grid(x: torch.Tensor, win: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,H,W,C) -> the grid placed at (shift, shift) in zeros of whole windows (B,Hp,Wp,C),
+    contiguous, and its validity (Hp,Wp)."""
     B, H, W, C = x.shape
     Hp = -(-(H + shift) // win) * win
     Wp = -(-(W + shift) // win) * win
@@ -70,10 +71,23 @@ def partition(x: torch.Tensor, win: int, shift: int):
         xp[:, shift:shift + H, shift:shift + W] = x
         valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
         valid[shift:shift + H, shift:shift + W] = True
+    return xp, valid
+
+
+def window_validity(valid: torch.Tensor, win: int) -> torch.Tensor:
+    """Validity (Hp,Wp) -> per window (nW, win*win), windows and positions row-major."""
+    Hp, Wp = valid.shape
+    return valid.view(Hp // win, win, Wp // win, win).permute(0, 2, 1, 3).reshape(-1, win * win)
+
+
+def partition(x: torch.Tensor, win: int, shift: int):
+    """(B,H,W,C) -> windows (B*nW, win*win, C), key validity (nW, win*win), layout."""
+    B, H, W, C = x.shape
+    xp, valid = pad_grid(x, win, shift)
+    Hp, Wp = valid.shape
     nh, nw = Hp // win, Wp // win
     xw = xp.view(B, nh, win, nw, win, C).permute(0, 1, 3, 2, 4, 5).reshape(B * nh * nw, win * win, C)
-    vw = valid.view(nh, win, nw, win).permute(0, 2, 1, 3).reshape(nh * nw, win * win)
-    return xw, vw, (B, H, W, Hp, Wp, shift)
+    return xw, window_validity(valid, win), (B, H, W, Hp, Wp, shift)
 
 
 def unpartition(xw: torch.Tensor, win: int, layout) -> torch.Tensor:
@@ -421,12 +435,11 @@ class ExactPrior:
         return _lookup(self.exp64, idx)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                valid: torch.Tensor, out: torch.Tensor) -> None:
+                valid: torch.Tensor) -> torch.Tensor:
         """Attention inside windows (spec 5.2): queries q (n, heads, M, hd), keys and values k, v
         (n, heads, L, hd) with key validity (n, L), relative-position bias broadcast to
-        (n, heads, M, L); the heads written into the contiguous `out` (n, M, C)."""
-        n, heads, m, hd = q.shape
-        L = k.shape[2]
+        (n, heads, M, L) -> the outputs o (n, heads, M, hd), contiguous."""
+        n, L = q.shape[0], k.shape[2]
         s = _rshift_round_(_imatmul(q, k.transpose(-1, -2)), ACT_BITS)  # (n, heads, M, L)
         s += bias
         # windows without padding keys (every window of an unshifted layer on a grid whose
@@ -436,8 +449,7 @@ class ExactPrior:
         num = torch.matmul(e, v.to(torch.float64)).to(v.dtype)
         den = e.sum(-1, keepdim=True).to(num.dtype)
         # num / den rounded half up: floor((2 num + den) / (2 den)), in place on the fresh num
-        res = _floor_div_(num.mul_(2).add_(den), den.mul_(2)).transpose(1, 2)  # (n, M, heads, hd)
-        out.view(n, m, heads, hd).copy_(res)
+        return _floor_div_(num.mul_(2).add_(den), den.mul_(2))
 
     def first_qkv(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Block 0's qkv as a table over the ids: linear(layernorm(emb.K[id], b0.ln1), b0.qkv) at
@@ -452,71 +464,131 @@ class ExactPrior:
             self._qkv0[k] = (full, full[:, :c].contiguous(), full[:, c:].contiguous())
         return self._qkv0[k]
 
-    def _attention(self, x: torch.Tensor | None, i: int, rows: torch.Tensor | None = None,
-                   ids: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
-        """Shifted-window attention of layer i on normalised features x (1, H, W, C), before
-        its projection, or its rows (N, C) at the flat positions `rows` only. Block 0 takes
-        `ids` = (token ids (1, H, W), K) instead of x: its qkv come from `first_qkv`. The
-        features are cut into windows first and q, k, v computed per chunk of windows (a third
-        of the memory of cutting qkv): a padding position then holds qkv's bias where the
-        spec's zero grid holds 0, which changes nothing, since a padding key's weight is
-        exactly 0 and a padding query's output is dropped. With `rows`, the queries are those
-        rows alone (each query's scores, weights and output depend on its own q and its
-        window's keys and values): their q only, the keys and values of their windows only."""
+    def _band_windows(self, x: torch.Tensor, ids: torch.Tensor, k: int, i: int, py0: int, py1: int,
+                      which: int) -> torch.Tensor:
+        """Block i's qkv (which = 0; 1: q, 2: k and v) at rows py0..py1 of its padded grid (whole
+        rows of windows), in grid order (rows * Wp, channels): linear(layernorm(x)) inside the
+        grid, and at padding positions the linear of zero features (spec 5.2's zero grid; a
+        padding key's weight is 0 and a padding query's output is dropped). Block 0 looks its
+        qkv up by id (`first_qkv`, row 0: padding)."""
+        cfg = self.cfg
+        win, C = cfg.window, cfg.dim
+        shift = (i % 2) * (win // 2)
+        h, w = ids.shape
+        wp = -(-(w + shift) // win) * win
+        y0, y1 = max(0, py0 - shift), min(h, py1 - shift)  # the grid rows in the band
+        a = y0 + shift - py0  # their first row in the band
+        inner = shift == 0 and wp == w and y1 - y0 == py1 - py0  # no padding in the band
+        if i == 0:
+            if inner:
+                band = ids[y0:y1].reshape(-1) + 1
+            else:
+                band = ids.new_zeros(py1 - py0, wp)
+                band[a:a + y1 - y0, shift:shift + w] = ids[y0:y1] + 1
+            return self.first_qkv(k)[which].index_select(0, band.reshape(-1).to(torch.int32))
+        normed = self._layernorm(x[y0:y1].reshape(-1, C), f"b{i}.ln1")
+        if not inner:
+            band = normed.new_zeros(py1 - py0, wp, C)
+            band[a:a + y1 - y0, shift:shift + w] = normed.view(y1 - y0, w, C)
+            normed = band.view(-1, C)
+        cols = (None, slice(0, C), slice(C, 3 * C))[which]
+        return self._linear(normed, f"b{i}.qkv", cols)
+
+    def _band_validity(self, h: int, w: int, shift: int, py0: int, py1: int) -> torch.Tensor:
+        """Key validity (windows, L) of rows py0..py1 of a padded grid (grid at (shift, shift))."""
+        win = self.cfg.window
+        wp = -(-(w + shift) // win) * win
+        valid = torch.zeros(py1 - py0, wp, dtype=torch.bool, device=self.device)
+        valid[max(0, shift - py0):max(0, min(py1, shift + h) - py0), shift:shift + w] = True
+        return window_validity(valid, win)
+
+    def _block_(self, x: torch.Tensor, ids: torch.Tensor, k: int, i: int) -> None:
+        """Block i on the residual stream x (H, W, C), in place, by bands of whole rows of its
+        windows (about CHUNK positions): a band's attention reads only its own windows and
+        everything after it acts on each position by itself, so each band goes through
+        layernorm, qkv, attention, projection and MLP before the next (the same integers as
+        the whole grid step by step; only x is whole-grid sized)."""
         cfg = self.cfg
         C, heads, win = cfg.dim, cfg.heads, cfg.window
-        hd = C // heads
+        hd, L = C // heads, win * win
         shift = (i % 2) * (win // 2)
-        if ids is not None:  # ids + 1, so that the windows' zero padding is the table's row 0
-            table = self.first_qkv(ids[1])
-            xw, valid, layout = partition((ids[0] + 1).unsqueeze(-1), win, shift)
+        h, w, _ = x.shape
+        hp, wp = -(-(h + shift) // win) * win, -(-(w + shift) // win) * win
+        nh, nw = hp // win, wp // win
+        per = max(1, CHUNK // (win * wp))  # rows of windows per band
+        for r0 in range(0, nh, per):
+            nr = min(per, nh - r0)
+            py0, py1 = r0 * win, (r0 + nr) * win
+            t = self._band_windows(x, ids, k, i, py0, py1, 0).view(nr, win, nw, win, 3, heads, hd)
+            t = t.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, nr * nw, heads, L, hd)  # (3, windows, heads, L, hd)
+            o = self._attend(t[0], t[1], t[2], self.rel[i], self._band_validity(h, w, shift, py0, py1))
+            del t
+            o = o.view(nr, nw, heads, win, win, hd).permute(0, 3, 1, 4, 2, 5).reshape(nr * win, wp, C)
+            y0, y1 = max(0, py0 - shift), min(h, py1 - shift)
+            a = y0 + shift - py0
+            xb = x[y0:y1].view(-1, C)
+            xb += self._linear(o[a:a + y1 - y0, shift:shift + w].reshape(-1, C), f"b{i}.proj")
+            xb += self._mlp(xb, i)
 
-            def qkv(part: torch.Tensor, which: int) -> torch.Tensor:  # which: 0 all, 1 q, 2 k and v
-                return table[which].index_select(0, part.reshape(-1).to(torch.int32))
-        else:
-            xw, valid, layout = partition(x, win, shift)
-
-            def qkv(part: torch.Tensor, which: int) -> torch.Tensor:
-                cols = (None, slice(0, C), slice(C, 3 * C))[which]
-                return self._linear(part.reshape(-1, part.shape[-1]), f"b{i}.qkv", cols)
-        n, L, _ = xw.shape  # one image: n = number of windows
-        step = max(1, CHUNK // L)
-        if rows is None:
-            out = torch.empty(n, L, C, dtype=self.dtype, device=self.device)
-            for a in range(0, n, step):
-                part = xw[a:a + step]
-                t = qkv(part, 0).view(part.shape[0], L, 3, heads, hd).permute(2, 0, 3, 1, 4)
-                self._attend(t[0], t[1], t[2], self.rel[i], valid[a:a + step], out[a:a + step])
-            return unpartition(out, win, layout)
+    def _last_block(self, x: torch.Tensor, ids: torch.Tensor, k: int, i: int, rows: torch.Tensor) -> torch.Tensor:
+        """Block i's output (N, C) at the flat positions `rows` only (unsorted, repeats allowed):
+        queries at those rows alone (a query's scores, weights and output depend on its own q
+        and its window's keys and values), grouped by window (at most M slots a window), the
+        keys and values of those windows only, band by band; then projection and MLP on the
+        rows."""
+        cfg = self.cfg
+        C, heads, win = cfg.dim, cfg.heads, cfg.window
+        hd, L = C // heads, win * win
+        shift = (i % 2) * (win // 2)
+        h, w, _ = x.shape
+        if not len(rows):
+            return x.new_empty(0, C)
+        hp, wp = -(-(h + shift) // win) * win, -(-(w + shift) // win) * win
+        nh, nw = hp // win, wp // win
         # the asked rows grouped by window: slot (window, rank) of each, M slots per window
-        _, h, w, _, wp, _ = layout
         ry, rx = rows // w + shift, rows % w + shift
-        window_of = (ry // win) * (wp // win) + rx // win
+        window_of = (ry // win) * nw + rx // win
         order = torch.argsort(window_of, stable=True)
         used, counts = torch.unique_consecutive(window_of[order], return_counts=True)
         m = int(counts.max())
         group = torch.repeat_interleave(torch.arange(len(used), device=rows.device), counts)
         cell = group * m + torch.arange(len(order), device=rows.device) - (torch.cumsum(counts, 0) - counts)[group]
         asked = rows[order]
-        if ids is not None:
-            qr = qkv(ids[0].reshape(-1)[asked] + 1, 1)
+        if i == 0:
+            qr = self.first_qkv(k)[1].index_select(0, (ids.reshape(-1)[asked] + 1).to(torch.int32))
         else:
-            qr = qkv(x.reshape(-1, C)[asked], 1)
+            qr = self._linear(self._layernorm(x.view(-1, C)[asked], f"b{i}.ln1"), f"b{i}.qkv", slice(0, C))
         q = torch.zeros(len(used) * m, C, dtype=self.dtype, device=self.device)
         q[cell] = qr
-        where = torch.zeros(len(used) * m, dtype=torch.int64, device=self.device)  # each query's place in its window
-        where[cell] = ((ry % win) * win + rx % win)[order]
+        del qr
+        slot = torch.zeros(len(used) * m, dtype=torch.int64, device=self.device)  # each query's place in its window
+        slot[cell] = ((ry % win) * win + rx % win)[order]
         out = torch.empty(len(used) * m, C, dtype=self.dtype, device=self.device)
-        for a in range(0, len(used), step):
-            wins = used[a:a + step]
-            nc = len(wins)
-            t = qkv(xw[wins], 2).view(nc, L, 2, heads, hd).permute(2, 0, 3, 1, 4)
-            qc = q[a * m:(a + nc) * m].view(nc, m, heads, hd).transpose(1, 2)
-            bias = self.rel[i][:, where[a * m:(a + nc) * m].view(nc, m)].transpose(0, 1)  # (nc, heads, M, L)
-            self._attend(qc, t[0], t[1], bias, valid[wins], out[a * m:(a + nc) * m])
-        res = torch.empty(len(rows), C, dtype=self.dtype, device=self.device)
-        res[order] = out[cell]
-        return res
+        per = max(1, CHUNK // (win * wp))
+        bounds = torch.searchsorted(used, torch.arange(0, nh + per, per, device=used.device) * nw).tolist()
+        for b, r0 in enumerate(range(0, nh, per)):
+            u0, u1 = bounds[b], bounds[b + 1]  # the used windows in this band
+            if u0 == u1:
+                continue
+            nr = min(per, nh - r0)
+            py0, py1 = r0 * win, (r0 + nr) * win
+            local = used[u0:u1] - r0 * nw
+            kv = self._band_windows(x, ids, k, i, py0, py1, 2).view(nr, win, nw, win, 2 * C)
+            kv = kv.permute(0, 2, 1, 3, 4).reshape(nr * nw, L, 2 * C)
+            if u1 - u0 < nr * nw:
+                kv = kv.index_select(0, local)
+            kv = kv.view(u1 - u0, L, 2, heads, hd).permute(2, 0, 3, 1, 4)
+            qc = q[u0 * m:u1 * m].view(u1 - u0, m, heads, hd).transpose(1, 2)
+            bias = self.rel[i][:, slot[u0 * m:u1 * m].view(u1 - u0, m)].transpose(0, 1)  # (windows, heads, M, L)
+            valid = self._band_validity(h, w, shift, py0, py1).index_select(0, local)
+            out[u0 * m:u1 * m].view(u1 - u0, m, heads, hd).copy_(self._attend(qc, kv[0], kv[1], bias, valid).transpose(1, 2))
+        att = torch.empty(len(rows), C, dtype=self.dtype, device=self.device)
+        att[order] = out[cell]
+        del out, q
+        xr = x.view(-1, C)[rows]  # a fresh tensor: the rows needed
+        _rowwise_add_(xr, lambda r: self._linear(r, f"b{i}.proj"), att)
+        del att
+        return _rowwise_add_(xr, lambda r: self._mlp(r, i))
 
     def _mlp(self, x: torch.Tensor, i: int) -> torch.Tensor:
         return self._linear(self._linear(self._layernorm(x, f"b{i}.ln2"), f"b{i}.fc1").clamp_min(0), f"b{i}.fc2")
@@ -533,25 +605,15 @@ class ExactPrior:
             rows = rows.to(self.device)
         with reuse_large_blocks(tokens.numel() >= LARGE_GRID_TOKENS and self.device.type == "cpu"):
             tokens = tokens.to(self.device)
-            x = self.p[f"emb.{k}"].index_select(0, tokens.reshape(-1).to(torch.int32)).view(1, *tokens.shape, -1)
+            x = self.p[f"emb.{k}"].index_select(0, tokens.reshape(-1).to(torch.int32)).view(*tokens.shape, -1)
             for i in range(depth):
-                last = i == depth - 1 and rows is not None
-                if i == 0:  # block 0's qkv looked up by id (first_qkv)
-                    att = self._attention(None, 0, rows if last else None, (tokens.unsqueeze(0), k))
+                if i == depth - 1 and rows is not None:
+                    x = self._last_block(x, tokens, k, i, rows)
                 else:
-                    normed = _rowwise_into(lambda r, o: self._layernorm(r, f"b{i}.ln1", o), x)
-                    att = self._attention(normed, i, rows if last else None)
-                    del normed
-                if last:
-                    x = x.reshape(-1, dim)[rows]  # a fresh tensor: the rows needed
-                # the residual additions in place, chunk by chunk (the same integers)
-                _rowwise_add_(x, lambda r: self._linear(r, f"b{i}.proj"), att)
-                del att
-                _rowwise_add_(x, lambda r: self._mlp(r, i))
+                    self._block_(x, tokens, k, i)
             if rows is not None and depth == 0:
                 x = x.reshape(-1, dim)[rows]
-            x = _rowwise_into(lambda r, o: self._layernorm(r, "ln_out", o), x)
-            return x if rows is not None else x[0]
+            return _rowwise_into(lambda r, o: self._layernorm(r, "ln_out", o), x)
 
     def logits(self, feats: torch.Tensor, k: int) -> torch.Tensor:
         """Features (N,dim) -> integer logits (N,K) in units of 2**-8, int64."""
