@@ -163,9 +163,38 @@ def test_large_grid_allocation_policy_changes_no_value(monkeypatch):
         return real(enabled)
     monkeypatch.setattr(P, "reuse_large_blocks", spy)
     assert torch.equal(fast.logits_at(toks, 64, pos), want)
-    with torch.no_grad():
-        assert torch.equal(p(toks[None], 64), want_twin)
+    with torch.no_grad():  # a batch runs on whole grids (one image: by bands, no large blocks)
+        assert torch.equal(p(toks[None].repeat(2, 1, 1), 64), want_twin.repeat(2, 1, 1, 1))
     assert calls == [True, True]
+
+
+def test_float_inference_by_bands_equals_the_whole_grid(monkeypatch):
+    """The float model on one image without gradients runs block by block in bands of window
+    rows (`Block._bands`); it must give the whole-grid evaluation's values exactly (a batch of
+    two runs on whole grids), in float32 and bfloat16, with and without `where`, on grids with
+    and without window padding and over several bands. Rate control's size estimates and
+    previews, hence its files, depend on these values."""
+    import dataclasses
+
+    import tokcodec.prior as P
+    monkeypatch.setattr(P, "BAND_TOKENS", 100)  # bands of one or two window rows here
+    g = torch.Generator().manual_seed(11)
+    for depth in (1, 2, 3):
+        torch.manual_seed(depth)
+        p = Prior(dataclasses.replace(PRIOR_CFG, depth=depth)).eval()
+        for b in p.blocks:
+            b.rel.data.normal_(0, 0.5)
+        for h, w in [(13, 11), (16, 16), (30, 6)]:
+            toks = torch.randint(0, 65, (h, w), generator=g)
+            where = torch.rand(1, h, w, generator=g) < 0.3
+            for bf16 in (False, True):
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    whole = p(toks[None].repeat(2, 1, 1), 64)
+                    assert torch.equal(p(toks[None], 64), whole[:1])
+                    rows = p(toks[None], 64, where)
+                    n = int(where.sum())
+                    assert rows.shape == (n, 64)
+                    assert torch.equal(rows, p(toks[None].repeat(2, 1, 1), 64, where.repeat(2, 1, 1))[:n])
 
 
 def test_reuse_large_blocks_restores_the_allocator_even_on_errors(monkeypatch):

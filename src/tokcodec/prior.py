@@ -150,6 +150,56 @@ class Block(nn.Module):
         x = (x + self.attention(self.ln1(x))) if where is None else x[where] + self.attention(self.ln1(x), where)
         return x + self.fc2(F.relu(self.fc1(self.ln2(x))))
 
+    def _bands(self, x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
+        """`forward` for one image (x: features (H,W,C)) band by band, in bounded memory: each
+        band of whole rows of this block's windows goes through attention, projection and MLP
+        before the next (every step acts on rows or on windows by themselves, and chunks of
+        rows or windows give the whole grid's values: tested). With `where` (H,W): the rows
+        (N,C) there, in raster order, their attention gathered band by band and projection and
+        MLP run on all N at once, as `forward` does."""
+        cfg = self.cfg
+        C, heads, win = cfg.dim, cfg.heads, cfg.window
+        hd, L = C // heads, win * win
+        h, w, _ = x.shape
+        shift = self.shift
+        hp, wp = -(-(h + shift) // win) * win, -(-(w + shift) // win) * win
+        nh, nw = hp // win, wp // win
+        rel = self.rel[:, rel_index(win).to(x.device)]  # (heads, L, L)
+        valid = torch.zeros(hp, wp, dtype=torch.bool, device=x.device)
+        valid[shift:shift + h, shift:shift + w] = True
+        padded = not bool(valid.all())  # as `attention`: then every window gets its own mask
+        per = max(1, BAND_TOKENS // (win * wp))
+        out = []
+        for r0 in range(0, nh, per):
+            nr = min(per, nh - r0)
+            py0, py1 = r0 * win, (r0 + nr) * win
+            y0, y1 = max(0, py0 - shift), min(h, py1 - shift)
+            a = y0 + shift - py0
+            qkv = self.qkv(self.ln1(x[y0:y1]))
+            band = qkv.new_zeros(py1 - py0, wp, 3 * C)
+            band[a:a + y1 - y0, shift:shift + w] = qkv
+            del qkv
+            n = nr * nw
+            xw = band.view(nr, win, nw, win, 3 * C).permute(0, 2, 1, 3, 4).reshape(n, L, 3 * C)
+            q, k, v = xw.view(n, L, 3, heads, hd).permute(2, 0, 3, 1, 4)
+            if padded:
+                vw = window_validity(valid[py0:py1], win)
+                bias = rel.unsqueeze(0) + torch.where(vw, 0.0, float("-inf")).to(x.dtype).view(n, 1, 1, L)
+            else:
+                bias = rel.unsqueeze(0)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+            o = o.transpose(1, 2).reshape(nr, nw, win, win, C).permute(0, 2, 1, 3, 4).reshape(py1 - py0, wp, C)
+            o = o[a:a + y1 - y0, shift:shift + w]
+            if where is not None:  # the rows asked: projection and MLP on all of them at once below
+                out.append(o[where[y0:y1]])
+                continue
+            xb = x[y0:y1] + self.proj(o)
+            out.append(xb + self.fc2(F.relu(self.fc1(self.ln2(xb)))))
+        if where is None:
+            return torch.cat(out).view(h, w, C)
+        x = x[where] + self.proj(torch.cat(out))
+        return x + self.fc2(F.relu(self.fc1(self.ln2(x))))
+
 
 class Prior(nn.Module):
     def __init__(self, cfg: PriorConfig | None = None):
@@ -166,6 +216,15 @@ class Prior(nn.Module):
     def forward(self, tokens: torch.Tensor, k: int, where: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B,H,W) with K = [MASK] -> logits (B,H,W,K), or (N,K) at the N positions
         where the boolean (B,H,W) `where` is set (saves the output head elsewhere)."""
+        if not torch.is_grad_enabled() and tokens.shape[0] == 1:  # inference on one image: by bands
+            x = self.emb[str(k)](tokens[0])
+            w = None if where is None else where[0]
+            for i, blk in enumerate(self.blocks):  # the last block on the rows asked only
+                x = blk._bands(x, w if i == len(self.blocks) - 1 else None)
+            if w is not None and not len(self.blocks):
+                x = x[w]
+            x = self.head[str(k)](self.ln_out(x))
+            return x if w is not None else x.unsqueeze(0)
         large = not torch.is_grad_enabled() and tokens.numel() >= LARGE_GRID_TOKENS and tokens.device.type == "cpu"
         with reuse_large_blocks(large):  # the encoder's estimates on photo-size grids
             x = self.emb[str(k)](tokens)
@@ -203,6 +262,7 @@ CHUNK = 2048            # tokens per block of work in the exact evaluation (spee
 # grids from this many tokens up (about 4 MP) run a pass with freed blocks kept for reuse
 # (memory.py): their whole-grid tensors are over glibc's 32 MB mmap threshold
 LARGE_GRID_TOKENS = 16384
+BAND_TOKENS = 4096  # positions per band of the float model's inference (`Block._bands`)
 
 
 def _rowwise_into(fn, x: torch.Tensor) -> torch.Tensor:
