@@ -315,3 +315,16 @@ def test_large_photos_rank_grids_by_a_prediction_from_reduced_copies(monkeypatch
     got = [R.grid_quality(rgb, lab, d0)(c) for c in grids]
     assert np.abs(np.array(got) - want).max() < 0.02
     assert int(np.argmax(got)) == int(np.argmax(want)) and max(want) - want[0] > 0.5  # the grids matter here
+
+
+def test_squared_error_in_row_bands_is_the_whole_sum():
+    """`ratecontrol.squared_error` sums in bands of rows (bounded memory): the exact integer
+    sum of the whole difference, for band sizes that do and do not divide the height."""
+    from tokcodec import ratecontrol as R
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    want = int(((a.astype(np.int64) - b) ** 2).sum())
+    for rows in (1, 5, 37, 256):
+        assert R.squared_error(a, b, rows) == want
+    assert R.squared_error(a, a) == 0

@@ -152,3 +152,15 @@ def test_bfloat16_pixels_only_where_no_tolerance_applies(realism_codec, tiny_fil
     assert psnr > 40
     if here:  # the autocast really ran: other roundings
         assert (hi != lo).any()
+
+
+def test_decoder_without_gradients_gives_the_training_pass_values(realism_codec):
+    """The pixel decoder works in place when no gradient is taken (ResBlock, the output
+    convolution's SiLU, the final rescaling and clamp): the same values as with gradients."""
+    tok = realism_codec.model.tokenizer
+    t = torch.randint(0, 64, (1, 6, 5), generator=torch.Generator().manual_seed(2))
+    z = tok.embed(t, 64)
+    for realism in (0.0, 0.7):
+        with torch.enable_grad():
+            want = tok.decoder(z, realism, torch.Generator().manual_seed(1)).clamp(0, 1).detach()
+        assert torch.equal(tok.decode(t, 64, realism, torch.Generator().manual_seed(1)), want)

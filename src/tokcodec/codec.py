@@ -129,7 +129,9 @@ def pad_image(rgb: np.ndarray) -> np.ndarray:
 
 def to_pixels(x: torch.Tensor) -> np.ndarray:
     """Pixel decoder output (3, H, W) in [0, 1] -> uint8 (H, W, 3), rounded to nearest."""
-    return (x.float().permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    y = x.float().permute(1, 2, 0).cpu().numpy() * 255  # one float32 temporary, then in place
+    y += 0.5
+    return np.clip(y, 0, 255, out=y).astype(np.uint8)
 
 
 def token_crc(tokens: list[np.ndarray]) -> int:
