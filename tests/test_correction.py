@@ -328,3 +328,16 @@ def test_squared_error_in_row_bands_is_the_whole_sum():
     for rows in (1, 5, 37, 256):
         assert R.squared_error(a, b, rows) == want
     assert R.squared_error(a, a) == 0
+
+
+def test_block_sums_over_several_bands_are_the_direct_sums():
+    """`correction.block_sums` works in bands of 256 rows: the per-block sums of a photo taller
+    than several bands (height not a multiple of 16) equal the sums taken block by block."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (601, 37, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (601, 37, 3), dtype=np.uint8)
+    d = a.astype(np.int64) - b
+    want = np.array([[d[i:i + 16, j:j + 16].reshape(-1, 3).sum(0) for j in range(0, 37, 16)]
+                     for i in range(0, 601, 16)])
+    got = correction.block_sums(a, b)
+    assert got.dtype == np.int64 and np.array_equal(got, want)

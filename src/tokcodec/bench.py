@@ -462,10 +462,11 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.speed_only:
         speeds, folders = speed(files)
-        (out / "speed.md").write_text("\n".join([f"Command: `python -m tokcodec.bench {' '.join(argv or sys.argv[1:])}`",
-                                                 f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} "
-                                                 f"CPU cores; model `{codec.model.model_id.hex()}`."]
-                                                + speed_lines(speeds, folders)) + "\n")
+        head = ["# tokc speed against the VVC reference (`make bench-speed`)", "",
+                f"Command: `python -m tokcodec.bench {' '.join(argv or sys.argv[1:])}`. Machine: "
+                f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores, no GPU; model "
+                f"`{codec.model.model_id.hex()}`."]
+        (out / "speed.md").write_text("\n".join(head + speed_lines(speeds, folders)) + "\n")
         print(f"wrote {out}/speed.md", file=sys.stderr)
         return
     t_start = time.time()

@@ -682,6 +682,7 @@ class Codec(ScaleControl, RateControl):
         # large grids: windows of at most TILE tokens a side plus TILE_MARGIN tokens of context
         # on every inner side, which covers the decoder's receptive field (and the band's blur):
         # the same pixels as one pass, in bounded memory. The noise is drawn for the whole image.
+        trim()  # what earlier steps freed goes back first: a window's activations set the peak
         maps = tok.decoder.noise_maps(gh, gw, torch.Generator().manual_seed(seed)) if banded else None
         out = np.empty((gh * 16, gw * 16, 3), dtype=np.uint8)
         for (y0, y1, x0, x1), (a0, a1, b0, b1) in _windows(gh, gw, TILE_MARGIN):
