@@ -4,7 +4,9 @@ glibc serves every block over its mmap threshold (at most 32 MB, adjusted at run
 fresh mmap and unmaps it when freed, so each new block costs a page fault per 4 KB page, the
 kernel zeroing it. A pass of the exact prior over a 12-MP photo's grid (46,080 tokens) makes
 dozens of whole-grid tensors of 47 MB and more (the float twin's: 24-71 MB); the page faults
-took half its time (docs/performance.md, session 14). `reuse_large_blocks` raises the thresholds while the passes run, so freed blocks stay in
+took half its time (docs/performance.md, session 14). Since session 18 both evaluations work
+in bands of window rows and hold only the residual stream whole (47 MB at 12 MP), but a stage
+loop still makes one per pass. `reuse_large_blocks` raises the thresholds while the passes run, so freed blocks stay in
 the heap and serve the next ones, and trims the heap when it ends, so the memory goes back to
 the system before the pixel decoder runs. Elsewhere than glibc it does nothing. Only speed and
 resident memory depend on it, never a value.

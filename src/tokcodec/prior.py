@@ -226,7 +226,7 @@ class Prior(nn.Module):
             x = self.head[str(k)](self.ln_out(x))
             return x if w is not None else x.unsqueeze(0)
         large = not torch.is_grad_enabled() and tokens.numel() >= LARGE_GRID_TOKENS and tokens.device.type == "cpu"
-        with reuse_large_blocks(large):  # the encoder's estimates on photo-size grids
+        with reuse_large_blocks(large):  # batches of photo-size grids without gradients
             x = self.emb[str(k)](tokens)
             for i, blk in enumerate(self.blocks):  # the last block on the rows asked only
                 x = blk(x, where if i == len(self.blocks) - 1 else None)
