@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from decimal import Decimal, getcontext
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +54,16 @@ class PriorConfig:
 # ---------------------------------------------------------------------------------------------
 # Window partitioning, shared by both evaluations (works on any dtype).
 
+def padded_side(n: int, shift: int, win: int) -> int:
+    """The side of whole windows holding a grid side of n positions placed at `shift`."""
+    return -(-(n + shift) // win) * win
+
+
 def pad_grid(x: torch.Tensor, win: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,H,W,C) -> the grid placed at (shift, shift) in zeros of whole windows (B,Hp,Wp,C),
     contiguous, and its validity (Hp,Wp)."""
     B, H, W, C = x.shape
-    Hp = -(-(H + shift) // win) * win
-    Wp = -(-(W + shift) // win) * win
+    Hp, Wp = padded_side(H, shift, win), padded_side(W, shift, win)
     if (Hp, Wp) == (H, W):  # shift 0 on a grid of whole windows: no padding to write
         xp = x.contiguous()
         valid = torch.ones(Hp, Wp, dtype=torch.bool, device=x.device)
@@ -78,6 +83,37 @@ def window_validity(valid: torch.Tensor, win: int) -> torch.Tensor:
     """Validity (Hp,Wp) -> per window (nW, win*win), windows and positions row-major."""
     Hp, Wp = valid.shape
     return valid.view(Hp // win, win, Wp // win, win).permute(0, 2, 1, 3).reshape(-1, win * win)
+
+
+class Band(NamedTuple):
+    """Whole rows of windows of a grid placed at (shift, shift) in whole windows: window rows
+    r0 .. r0 + nr, padded rows py0 .. py1, the grid's rows y0 .. y1 in them, starting at band
+    row a."""
+    r0: int
+    nr: int
+    py0: int
+    py1: int
+    y0: int
+    y1: int
+    a: int
+
+
+def window_bands(h: int, shift: int, win: int, per: int):
+    """The bands of `per` rows of windows (the last may hold fewer) covering a grid of h rows
+    placed at `shift`, in order."""
+    nh = padded_side(h, shift, win) // win
+    for r0 in range(0, nh, per):
+        nr = min(per, nh - r0)
+        py0, py1 = r0 * win, (r0 + nr) * win
+        y0, y1 = max(0, py0 - shift), min(h, py1 - shift)
+        yield Band(r0, nr, py0, py1, y0, y1, y0 + shift - py0)
+
+
+def band_validity(h: int, w: int, shift: int, win: int, band: Band, device=None) -> torch.Tensor:
+    """Key validity (windows, win*win) of a band's windows: inside the grid or padding."""
+    valid = torch.zeros(band.py1 - band.py0, padded_side(w, shift, win), dtype=torch.bool, device=device)
+    valid[band.a:band.a + band.y1 - band.y0, shift:shift + w] = True
+    return window_validity(valid, win)
 
 
 def partition(x: torch.Tensor, win: int, shift: int):
@@ -162,38 +198,32 @@ class Block(nn.Module):
         hd, L = C // heads, win * win
         h, w, _ = x.shape
         shift = self.shift
-        hp, wp = -(-(h + shift) // win) * win, -(-(w + shift) // win) * win
-        nh, nw = hp // win, wp // win
+        wp = padded_side(w, shift, win)
+        nw = wp // win
         rel = self.rel[:, rel_index(win).to(x.device)]  # (heads, L, L)
-        valid = torch.zeros(hp, wp, dtype=torch.bool, device=x.device)
-        valid[shift:shift + h, shift:shift + w] = True
-        padded = not bool(valid.all())  # as `attention`: then every window gets its own mask
-        per = max(1, BAND_TOKENS // (win * wp))
+        # as `attention`: on a padded grid every window gets its own mask
+        padded = (padded_side(h, shift, win), wp) != (h, w)
         out = []
-        for r0 in range(0, nh, per):
-            nr = min(per, nh - r0)
-            py0, py1 = r0 * win, (r0 + nr) * win
-            y0, y1 = max(0, py0 - shift), min(h, py1 - shift)
-            a = y0 + shift - py0
-            qkv = self.qkv(self.ln1(x[y0:y1]))
-            band = qkv.new_zeros(py1 - py0, wp, 3 * C)
-            band[a:a + y1 - y0, shift:shift + w] = qkv
+        for b in window_bands(h, shift, win, max(1, BAND_TOKENS // (win * wp))):
+            qkv = self.qkv(self.ln1(x[b.y0:b.y1]))
+            band = qkv.new_zeros(b.py1 - b.py0, wp, 3 * C)
+            band[b.a:b.a + b.y1 - b.y0, shift:shift + w] = qkv
             del qkv
-            n = nr * nw
-            xw = band.view(nr, win, nw, win, 3 * C).permute(0, 2, 1, 3, 4).reshape(n, L, 3 * C)
+            n = b.nr * nw
+            xw = band.view(b.nr, win, nw, win, 3 * C).permute(0, 2, 1, 3, 4).reshape(n, L, 3 * C)
             q, k, v = xw.view(n, L, 3, heads, hd).permute(2, 0, 3, 1, 4)
             if padded:
-                vw = window_validity(valid[py0:py1], win)
+                vw = band_validity(h, w, shift, win, b, x.device)
                 bias = rel.unsqueeze(0) + torch.where(vw, 0.0, float("-inf")).to(x.dtype).view(n, 1, 1, L)
             else:
                 bias = rel.unsqueeze(0)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-            o = o.transpose(1, 2).reshape(nr, nw, win, win, C).permute(0, 2, 1, 3, 4).reshape(py1 - py0, wp, C)
-            o = o[a:a + y1 - y0, shift:shift + w]
+            o = o.transpose(1, 2).reshape(b.nr, nw, win, win, C).permute(0, 2, 1, 3, 4).reshape(b.py1 - b.py0, wp, C)
+            o = o[b.a:b.a + b.y1 - b.y0, shift:shift + w]
             if where is not None:  # the rows asked: projection and MLP on all of them at once below
-                out.append(o[where[y0:y1]])
+                out.append(o[where[b.y0:b.y1]])
                 continue
-            xb = x[y0:y1] + self.proj(o)
+            xb = x[b.y0:b.y1] + self.proj(o)
             out.append(xb + self.fc2(F.relu(self.fc1(self.ln2(xb)))))
         if where is None:
             return torch.cat(out).view(h, w, C)
@@ -412,7 +442,7 @@ class ExactPrior:
         self.rel = [self.p[f"b{i}.rel"][:, self.rel_idx] for i in range(cfg.depth)]
         self._twin: Prior | None = None  # float_twin(), built on first use
         self._lin: dict = {}  # _linear_params
-        self._qkv0: dict[int, torch.Tensor] = {}  # first_qkv
+        self._qkv0: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # first_qkv
 
     def float_bounds(self) -> dict[str, float]:
         """Upper bounds, over every input grid, on the magnitudes that a float64 evaluation
@@ -458,10 +488,11 @@ class ExactPrior:
         before the shift, as b * 2**30 (floor(y) + b = floor(y + b) for an integer b): one
         fused step, acc * m + (2**29 + b * 2**30), then the shift."""
         w, m, b = self._linear_params(name, cols)
-        acc = _imatmul(x, w)
+        acc = torch.addcmul(b, _imatmul(x, w), m)
         if acc.is_floating_point():
-            return torch.addcmul(b, acc, m).mul_(2.0 ** -SCALE_SHIFT).floor_()
-        return torch.addcmul(b, acc, m).__irshift__(SCALE_SHIFT)
+            return acc.mul_(2.0 ** -SCALE_SHIFT).floor_()
+        acc >>= SCALE_SHIFT
+        return acc
 
     def _linear_params(self, name: str, cols: slice | None):
         """(weights as float64, multipliers, 2**29 + b * 2**30) of a linear, in the working
@@ -524,43 +555,34 @@ class ExactPrior:
             self._qkv0[k] = (full, full[:, :c].contiguous(), full[:, c:].contiguous())
         return self._qkv0[k]
 
-    def _band_windows(self, x: torch.Tensor, ids: torch.Tensor, k: int, i: int, py0: int, py1: int,
+    def _band_windows(self, x: torch.Tensor, ids: torch.Tensor, k: int, i: int, b: Band,
                       which: int) -> torch.Tensor:
-        """Block i's qkv (which = 0; 1: q, 2: k and v) at rows py0..py1 of its padded grid (whole
-        rows of windows), in grid order (rows * Wp, channels): linear(layernorm(x)) inside the
+        """Block i's qkv (which = 0; 1: q, 2: k and v) at band b of its padded grid (whole rows
+        of windows), in grid order (rows * Wp, channels): linear(layernorm(x)) inside the
         grid, and at padding positions the linear of zero features (spec 5.2's zero grid; a
         padding key's weight is 0 and a padding query's output is dropped). Block 0 looks its
         qkv up by id (`first_qkv`, row 0: padding)."""
         cfg = self.cfg
         win, C = cfg.window, cfg.dim
         shift = (i % 2) * (win // 2)
-        h, w = ids.shape
-        wp = -(-(w + shift) // win) * win
-        y0, y1 = max(0, py0 - shift), min(h, py1 - shift)  # the grid rows in the band
-        a = y0 + shift - py0  # their first row in the band
-        inner = shift == 0 and wp == w and y1 - y0 == py1 - py0  # no padding in the band
+        w = ids.shape[1]
+        wp = padded_side(w, shift, win)
+        y0, y1, a = b.y0, b.y1, b.a
+        inner = shift == 0 and wp == w and y1 - y0 == b.py1 - b.py0  # no padding in the band
         if i == 0:
             if inner:
                 band = ids[y0:y1].reshape(-1) + 1
             else:
-                band = ids.new_zeros(py1 - py0, wp)
+                band = ids.new_zeros(b.py1 - b.py0, wp)
                 band[a:a + y1 - y0, shift:shift + w] = ids[y0:y1] + 1
             return self.first_qkv(k)[which].index_select(0, band.reshape(-1).to(torch.int32))
         normed = self._layernorm(x[y0:y1].reshape(-1, C), f"b{i}.ln1")
         if not inner:
-            band = normed.new_zeros(py1 - py0, wp, C)
+            band = normed.new_zeros(b.py1 - b.py0, wp, C)
             band[a:a + y1 - y0, shift:shift + w] = normed.view(y1 - y0, w, C)
             normed = band.view(-1, C)
         cols = (None, slice(0, C), slice(C, 3 * C))[which]
         return self._linear(normed, f"b{i}.qkv", cols)
-
-    def _band_validity(self, h: int, w: int, shift: int, py0: int, py1: int) -> torch.Tensor:
-        """Key validity (windows, L) of rows py0..py1 of a padded grid (grid at (shift, shift))."""
-        win = self.cfg.window
-        wp = -(-(w + shift) // win) * win
-        valid = torch.zeros(py1 - py0, wp, dtype=torch.bool, device=self.device)
-        valid[max(0, shift - py0):max(0, min(py1, shift + h) - py0), shift:shift + w] = True
-        return window_validity(valid, win)
 
     def _block_(self, x: torch.Tensor, ids: torch.Tensor, k: int, i: int) -> None:
         """Block i on the residual stream x (H, W, C), in place, by bands of whole rows of its
@@ -573,21 +595,16 @@ class ExactPrior:
         hd, L = C // heads, win * win
         shift = (i % 2) * (win // 2)
         h, w, _ = x.shape
-        hp, wp = -(-(h + shift) // win) * win, -(-(w + shift) // win) * win
-        nh, nw = hp // win, wp // win
-        per = max(1, CHUNK // (win * wp))  # rows of windows per band
-        for r0 in range(0, nh, per):
-            nr = min(per, nh - r0)
-            py0, py1 = r0 * win, (r0 + nr) * win
-            t = self._band_windows(x, ids, k, i, py0, py1, 0).view(nr, win, nw, win, 3, heads, hd)
-            t = t.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, nr * nw, heads, L, hd)  # (3, windows, heads, L, hd)
-            o = self._attend(t[0], t[1], t[2], self.rel[i], self._band_validity(h, w, shift, py0, py1))
+        wp = padded_side(w, shift, win)
+        nw = wp // win
+        for b in window_bands(h, shift, win, max(1, CHUNK // (win * wp))):
+            t = self._band_windows(x, ids, k, i, b, 0).view(b.nr, win, nw, win, 3, heads, hd)
+            t = t.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, b.nr * nw, heads, L, hd)  # (3, windows, heads, L, hd)
+            o = self._attend(t[0], t[1], t[2], self.rel[i], band_validity(h, w, shift, win, b, self.device))
             del t
-            o = o.view(nr, nw, heads, win, win, hd).permute(0, 3, 1, 4, 2, 5).reshape(nr * win, wp, C)
-            y0, y1 = max(0, py0 - shift), min(h, py1 - shift)
-            a = y0 + shift - py0
-            xb = x[y0:y1].view(-1, C)
-            xb += self._linear(o[a:a + y1 - y0, shift:shift + w].reshape(-1, C), f"b{i}.proj")
+            o = o.view(b.nr, nw, heads, win, win, hd).permute(0, 3, 1, 4, 2, 5).reshape(b.nr * win, wp, C)
+            xb = x[b.y0:b.y1].view(-1, C)
+            xb += self._linear(o[b.a:b.a + b.y1 - b.y0, shift:shift + w].reshape(-1, C), f"b{i}.proj")
             xb += self._mlp(xb, i)
 
     def _last_block(self, x: torch.Tensor, ids: torch.Tensor, k: int, i: int, rows: torch.Tensor) -> torch.Tensor:
@@ -603,8 +620,8 @@ class ExactPrior:
         h, w, _ = x.shape
         if not len(rows):
             return x.new_empty(0, C)
-        hp, wp = -(-(h + shift) // win) * win, -(-(w + shift) // win) * win
-        nh, nw = hp // win, wp // win
+        wp = padded_side(w, shift, win)
+        nh, nw = padded_side(h, shift, win) // win, wp // win
         # the asked rows grouped by window: slot (window, rank) of each, M slots per window
         ry, rx = rows // w + shift, rows % w + shift
         window_of = (ry // win) * nw + rx // win
@@ -626,21 +643,19 @@ class ExactPrior:
         out = torch.empty(len(used) * m, C, dtype=self.dtype, device=self.device)
         per = max(1, CHUNK // (win * wp))
         bounds = torch.searchsorted(used, torch.arange(0, nh + per, per, device=used.device) * nw).tolist()
-        for b, r0 in enumerate(range(0, nh, per)):
-            u0, u1 = bounds[b], bounds[b + 1]  # the used windows in this band
+        for j, b in enumerate(window_bands(h, shift, win, per)):
+            u0, u1 = bounds[j], bounds[j + 1]  # the used windows in this band
             if u0 == u1:
                 continue
-            nr = min(per, nh - r0)
-            py0, py1 = r0 * win, (r0 + nr) * win
-            local = used[u0:u1] - r0 * nw
-            kv = self._band_windows(x, ids, k, i, py0, py1, 2).view(nr, win, nw, win, 2 * C)
-            kv = kv.permute(0, 2, 1, 3, 4).reshape(nr * nw, L, 2 * C)
-            if u1 - u0 < nr * nw:
+            local = used[u0:u1] - b.r0 * nw
+            kv = self._band_windows(x, ids, k, i, b, 2).view(b.nr, win, nw, win, 2 * C)
+            kv = kv.permute(0, 2, 1, 3, 4).reshape(b.nr * nw, L, 2 * C)
+            if u1 - u0 < b.nr * nw:
                 kv = kv.index_select(0, local)
             kv = kv.view(u1 - u0, L, 2, heads, hd).permute(2, 0, 3, 1, 4)
             qc = q[u0 * m:u1 * m].view(u1 - u0, m, heads, hd).transpose(1, 2)
             bias = self.rel[i][:, slot[u0 * m:u1 * m].view(u1 - u0, m)].transpose(0, 1)  # (windows, heads, M, L)
-            valid = self._band_validity(h, w, shift, py0, py1).index_select(0, local)
+            valid = band_validity(h, w, shift, win, b, self.device).index_select(0, local)
             out[u0 * m:u1 * m].view(u1 - u0, m, heads, hd).copy_(self._attend(qc, kv[0], kv[1], bias, valid).transpose(1, 2))
         att = torch.empty(len(rows), C, dtype=self.dtype, device=self.device)
         att[order] = out[cell]
