@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .classic import VVC_PRESET, codecs as classic_codecs, find_vvc, rgb_to_yuv420
+from .classic import VVC_PRESET, codecs as classic_codecs, find_vvc, rgb_to_yuv420, vvdec_command, vvenc_command
 from .imageio import load_image
 from .metrics import butteraugli_score, colour_error, compare, image_to_tensor, ms_ssim, ssimulacra2_score
 
@@ -299,12 +299,10 @@ def vvc_speed(path: Path, threads: int) -> dict | None:
         src, bits, back = Path(d) / "in.yuv", Path(d) / "out.266", Path(d) / "out.yuv"
         src.write_bytes(yuv)
         t0 = time.perf_counter()
-        subprocess.run([exes[0], "-i", str(src), "-s", f"{w}x{h}", "-c", "yuv420", "-r", "1", "-f", "1",
-                        "--preset", REFERENCE_PRESET, "-q", str(REFERENCE_QP), "-t", str(threads), "-o", str(bits)],
+        subprocess.run(vvenc_command(exes[0], src, w, h, REFERENCE_QP, bits, REFERENCE_PRESET, threads),
                        check=True, capture_output=True)
         t1 = time.perf_counter()
-        subprocess.run([exes[1], "-b", str(bits), "-o", str(back), "-t", str(threads), "-v", "1"],
-                       check=True, capture_output=True)
+        subprocess.run(vvdec_command(exes[1], bits, back, threads), check=True, capture_output=True)
         return {"encode_s": t1 - t0, "decode_s": time.perf_counter() - t1, "bytes": bits.stat().st_size + 4}
 
 

@@ -136,6 +136,18 @@ def _pillow(fmt: str, opts: Callable[[int], dict]):
     return enc, dec
 
 
+def vvenc_command(vvenc: str, src: Path, w: int, h: int, qp: int, out: Path, preset: str = VVC_PRESET,
+                  threads: int = 1) -> list[str]:
+    """vvencapp's arguments: one intra frame of 8-bit YUV 4:2:0 (w x h) at `qp`."""
+    return [vvenc, "-i", str(src), "-s", f"{w}x{h}", "-c", "yuv420", "-r", "1", "-f", "1",
+            "--preset", preset, "-q", str(qp), "-t", str(threads), "-o", str(out)]
+
+
+def vvdec_command(vvdec: str, bits: Path, out: Path, threads: int = 1) -> list[str]:
+    """vvdecapp's arguments: decode `bits` to raw YUV."""
+    return [vvdec, "-b", str(bits), "-o", str(out), "-t", str(threads), "-v", "1"]
+
+
 def _vvc(exes: tuple[str, str]):
     vvenc, vvdec = exes
 
@@ -149,9 +161,7 @@ def _vvc(exes: tuple[str, str]):
         with tempfile.TemporaryDirectory() as d:
             src, out = Path(d) / "in.yuv", Path(d) / "out.266"
             src.write_bytes(yuv)
-            subprocess.run([vvenc, "-i", str(src), "-s", f"{w}x{h}", "-c", "yuv420", "-r", "1", "-f", "1",
-                            "--preset", VVC_PRESET, "-q", str(qp), "-t", "1", "-o", str(out)],
-                           check=True, capture_output=True)
+            subprocess.run(vvenc_command(vvenc, src, w, h, qp, out), check=True, capture_output=True)
             bits = out.read_bytes()
         BENCH_CACHE.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(bits)
@@ -163,8 +173,7 @@ def _vvc(exes: tuple[str, str]):
         with tempfile.TemporaryDirectory() as d:
             src, out = Path(d) / "in.266", Path(d) / "out.yuv"
             src.write_bytes(data[4:])
-            subprocess.run([vvdec, "-b", str(src), "-o", str(out), "-t", "1", "-v", "1"],
-                           check=True, capture_output=True)
+            subprocess.run(vvdec_command(vvdec, src, out), check=True, capture_output=True)
             raw = out.read_bytes()
         if len(raw) == 3 * w * h:  # written at the 10-bit internal depth, 2 bytes a sample
             raw = ((np.frombuffer(raw, "<u2").astype(np.int32) + 2) >> 2).clip(0, 255).astype(np.uint8).tobytes()
