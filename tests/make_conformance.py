@@ -25,6 +25,9 @@ MODEL = HERE / "data" / "tokc.safetensors"
 # generation cases: (seed, temperature in thousandths)
 GENERATE = [(0, 0), (7, 1000), (2 ** 64 - 1, 350), (12345, 2500)]
 GENERATE_SHORT = [(0, 0), (7, 1000)]
+# the suite's prior file (spec section 6): a random prior for the test model whose config differs
+# from the base file's in every field a decoder must read from it (dim, depth, heads, mlp, window)
+PRIOR_FILE = dict(dim=24, depth=3, heads=3, mlp=40, window=8, seed=11)
 
 
 def varint(v: int) -> bytes:
@@ -115,10 +118,11 @@ def blocks_through_55_55() -> np.ndarray:
 
 
 def main() -> None:
-    from tiny import photo
+    from tiny import make_prior, photo
     from tokcodec import container, entropy
     from tokcodec.codec import Codec, Setting, describe
-    from tokcodec.weights import bitstream_tensors, model_id
+    from tokcodec.prior import PriorConfig
+    from tokcodec.weights import PRIOR_FILENAME, bitstream_tensors, model_id
     from safetensors.torch import load_file
 
     codec = Codec(str(MODEL.parent), "cpu")
@@ -127,33 +131,39 @@ def main() -> None:
     OUT.mkdir(parents=True)
     shutil.copy(MODEL, OUT / "tokc.safetensors")
     tensors = load_file(str(MODEL))
+    cfg = {k: v for k, v in PRIOR_FILE.items() if k != "seed"}
+    prior_id = make_prior(OUT, seed=PRIOR_FILE["seed"], cfg=PriorConfig(**cfg, codebooks=(64, 16)))
+    suite = Codec(str(OUT), "cpu")  # the test model and the prior file: it reads every file of the suite
     manifest = {
         "about": "tokc conformance suite: see spec/FORMAT.md section 9",
         "model": "tokc.safetensors",
         "model_id": model_id(bitstream_tensors(tensors)).hex(),
         "legacy_model_id": model_id(tensors).hex(),
+        "prior_file": PRIOR_FILENAME,
+        "prior_file_model_id": prior_id.hex(),
         "max_pixels": 64_000_000,
         "files": [],
     }
     files: dict[str, bytes] = {}
 
-    def encode(w, h, k, mode, q=0.0, coder=2, seed=3, blocks=None):
+    def encode(w, h, k, mode, q=0.0, coder=2, seed=3, blocks=None, using=codec):
+        """A file of the test model's own prior, or with `using=suite` one of the prior file."""
         entropy.CODER_ID = coder
         try:
             # nearest codewords and edge blocks ranked by edge strength, as when the suite was made
-            a = codec.analyse(photo(w, h, seed=seed), tokens="nearest")
+            a = using.analyse(photo(w, h, seed=seed), tokens="nearest")
             a["blocks"] = "edges"
             if blocks is not None:  # any block map is valid: make select_blocks pick exactly these
                 a["strength"] = blocks.astype(np.float64)
                 q = float(blocks.mean())
-            return codec.encode_setting(a, Setting(k, mode, q)).data
+            return using.encode_setting(a, Setting(k, mode, q)).data
         finally:
             entropy.CODER_ID = 2
 
     def decodable(name, data, what, gen=GENERATE, pixels=False):
         files[name] = data
-        c = codec.read(data)
-        tokens, keep = codec.decode_tokens(c)
+        c = suite.read(data)
+        tokens, keep = suite.decode_tokens(c)
         hd = c.header
         info = describe(data)
         entry = {"file": name, "what": what, "expect": "decode",
@@ -166,7 +176,7 @@ def main() -> None:
                  "tokens": tokens.ravel().tolist(), "generated": []}
         if not keep.all():
             for seed, t in gen:
-                g = codec.generate(tokens, keep, hd.codebook, seed, t / 1000, hd.coder_id)
+                g = suite.for_model(hd.model_id).generate(tokens, keep, hd.codebook, seed, t / 1000, hd.coder_id)
                 entry["generated"].append({"seed": seed, "t": t, "tokens": g.ravel().tolist()})
         if pixels:
             import refdecoder
@@ -230,6 +240,13 @@ def main() -> None:
         return body_exts(ent["body"], [(3, varint(w) + varint(h) + extra) for w, h in sizes])
     decodable("display_k64_40x24_to_100x61.tkc", assemble(ent["version"], shown((100, 61)), ent["payload"]),
               "extension 3: the 40x24 image shown at 100x61 (section 12)", pixels=True)
+    # ---- valid files of the prior file (its own model id, section 6), as tokc writes with weights v5
+    decodable("prior_file_edge_k64_200x130.tkc", encode(200, 130, 64, "edge", 0.3, using=suite),
+              "prior file's model id: coded and generated with the prior file's prior (dim 24, depth 3, "
+              "heads 3, window 8), mode edge, K=64")
+    decodable("prior_file_checkerboard_k16_300x290.tkc", encode(300, 290, 16, "checkerboard", using=suite),
+              "prior file's model id, mode checkerboard, K=16, 20x20 token grid (several windows of 8)",
+              gen=GENERATE_SHORT)
     # ---- valid files, coder 1 (legacy: still decoded, sampled with the legacy generator)
     decodable("coder1_edge_k64_96x64.tkc", encode(96, 64, 64, "edge", 0.3, coder=1),
               "coder 1 (binary64 quantisation, legacy PCG64 sampling)")

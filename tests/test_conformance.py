@@ -49,11 +49,13 @@ def data(entry) -> bytes:
     return (SUITE / entry["file"]).read_bytes()
 
 
-def test_suite_uses_the_test_model_and_both_ids_agree(model, suite_codec):
+def test_suite_uses_the_test_model_and_all_ids_agree(model, suite_codec):
     assert (SUITE / "tokc.safetensors").read_bytes() == (DATA / "tokc.safetensors").read_bytes()
-    ids = (MANIFEST["model_id"], MANIFEST["legacy_model_id"])
+    assert MANIFEST["prior_file"] == "prior.safetensors" and not (DATA / "prior.safetensors").exists()
+    ids = (MANIFEST["model_id"], MANIFEST["legacy_model_id"], MANIFEST["prior_file_model_id"])
     assert tuple(i.hex() for i in model.ids) == ids
-    assert (suite_codec.model.model_id.hex(), suite_codec.model.legacy_id.hex()) == ids
+    m = suite_codec.model  # new files name the prior file's id; the base file's two stay accepted
+    assert (m.base_id.hex(), m.legacy_id.hex(), m.model_id.hex()) == ids
 
 
 def test_suite_covers_what_the_spec_lists():
@@ -64,6 +66,10 @@ def test_suite_covers_what_the_spec_lists():
     assert any(h["width"] >= 128 for h in hd) and any(h["extensions"] for h in hd) and any(h["minor"] for h in hd)
     assert any(g["t"] and g["seed"] >= 2 ** 63 for e in DECODE for g in e["generated"])
     assert any("display" in e.get("pixels", {}) for e in DECODE)  # extension 3, upsampled pixels
+    # every model id a file may carry (section 6): bitstream, legacy whole-file, prior file
+    assert {h["model_id"] for h in hd} == {MANIFEST["model_id"], MANIFEST["legacy_model_id"],
+                                           MANIFEST["prior_file_model_id"]}
+    assert any(e["generated"] and e["header"]["model_id"] == MANIFEST["prior_file_model_id"] for e in DECODE)
     assert {e["reason"] for e in REFUSE} == {
         "magic", "truncated", "version", "file_crc", "header", "dimensions", "grid", "mode", "codebook",
         "extension", "schedule", "coder", "payload_length", "model", "payload", "token_crc", "mask_check",
@@ -93,8 +99,27 @@ def test_tokc_gives_the_expected_tokens(entry, suite_codec):
     assert (info["overhead_bytes"], info["tokens_kept"]) == (entry["header"]["overhead_bytes"],
                                                              entry["header"]["tokens_kept"])
     for g in entry["generated"]:
-        got = suite_codec.generate(tokens, keep, c.header.codebook, g["seed"], g["t"] / 1000, c.header.coder_id)
+        got = suite_codec.for_model(c.header.model_id).generate(tokens, keep, c.header.codebook, g["seed"],
+                                                                g["t"] / 1000, c.header.coder_id)
         assert got.ravel().tolist() == g["tokens"], (g["seed"], g["t"])
+
+
+def test_without_the_prior_file_its_files_are_refused(tmp_path):
+    """A decoder holding the base file alone refuses the prior file's files for their model id
+    (section 6), and still decodes the base file's."""
+    from tokcodec.codec import Codec
+    base_only = ref.Model(DATA / "tokc.safetensors")
+    codec = Codec(str(DATA), "cpu")
+    for e in DECODE:
+        raw = data(e)
+        if e["header"]["model_id"] != MANIFEST["prior_file_model_id"]:
+            continue
+        with pytest.raises(ref.Refuse) as r:
+            ref.decode(raw, base_only)
+        assert r.value.reason == "model"
+        with pytest.raises(RuntimeError) as t:
+            codec.decode_tokens(codec.read(raw))
+        assert tokc_reason(t.value) == "model"
 
 
 @pytest.mark.parametrize("entry", REFUSE, ids=lambda e: e["file"])
@@ -172,13 +197,15 @@ def test_range_coder_words_follow_the_spec_encoder():
             dec.finish()
 
 
-@pytest.mark.parametrize("path", [DATA / "tokc.safetensors", ROOT / "weights" / "tokc.safetensors"],
-                         ids=["tiny", "shipped"])
+@pytest.mark.parametrize("path", [DATA / "tokc.safetensors", SUITE / "prior.safetensors",
+                                  ROOT / "weights" / "tokc.safetensors", ROOT / "weights" / "prior.safetensors"],
+                         ids=["tiny", "suite_prior_file", "shipped", "shipped_prior_file"])
 def test_integer_ranges_fit_int64(path):
     """Section 5.3: every intermediate of the exact prior fits in int64, and every sum a matrix
-    product forms stays below 2**53 (so float64 products are exact), for any input grid."""
+    product forms stays below 2**53 (so float64 products are exact), for any input grid: the
+    priors of the base files and of the prior files (section 6) beside them."""
     if not path.is_file():
-        pytest.skip("no shipped weights")
+        pytest.skip(f"no {path.name} in {path.parent}")
     b = ref.static_bounds(ref.Weights(path))
     assert max(b.values()) < 2 ** 62
     assert b["matrix_product_sum"] < 2 ** 53 and 2 * b["attention_sum"] < 2 ** 53

@@ -8,31 +8,17 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
-from tiny import PRIOR_CFG, photo
-from tokcodec.prior import Prior, PriorConfig, quantize
-from tokcodec.weights import PRIOR_FILENAME, WeightsError, load, save_prior
-
-SHALLOW = PriorConfig(**{**PRIOR_CFG.to_dict(), "depth": 1})
-
-
-def write_prior(folder, base=None, seed: int = 1, cfg: PriorConfig = SHALLOW) -> bytes:
-    """A random prior file in `folder`, made for the base file there (or the one at `base`)."""
-    from safetensors.torch import load_file
-    tensors = load_file(str(base if base is not None else folder / "tokc.safetensors"))
-    torch.manual_seed(seed)
-    prior = Prior(cfg)
-    for blk in prior.blocks:
-        blk.rel.data.normal_(0, 0.5)
-    return save_prior(folder / PRIOR_FILENAME, quantize(prior), cfg, tensors, {"note": "test"})
+from tiny import PRIOR_CFG, SHALLOW, make_prior, photo
+from tokcodec.prior import PriorConfig
+from tokcodec.weights import PRIOR_FILENAME, WeightsError, load
 
 
 @pytest.fixture(scope="module")
 def extended(tiny_weights, tmp_path_factory):
     folder = tmp_path_factory.mktemp("extended")
     shutil.copy(tiny_weights / "tokc.safetensors", folder / "tokc.safetensors")
-    write_prior(folder)
+    make_prior(folder)
     return folder
 
 
@@ -78,14 +64,14 @@ def test_trimming_an_old_file_writes_a_file_of_the_new_prior(codec, ext_codec):
 
 def test_a_prior_file_for_another_base_or_damaged_is_refused(tiny_weights, fresh_weights, tmp_path):
     shutil.copy(tiny_weights / "tokc.safetensors", tmp_path / "tokc.safetensors")
-    write_prior(tmp_path, base=fresh_weights / "tokc.safetensors")
+    make_prior(tmp_path, base=fresh_weights / "tokc.safetensors")
     other = load(fresh_weights).model_id.hex()
     with pytest.raises(WeightsError, match=f"made for model {other}"):
         load(tmp_path)
     (tmp_path / PRIOR_FILENAME).write_bytes(b"not a safetensors file")
     with pytest.raises(WeightsError, match="cannot read prior weights"):
         load(tmp_path)
-    write_prior(tmp_path, cfg=PriorConfig(**{**SHALLOW.to_dict(), "codebooks": (64,)}))
+    make_prior(tmp_path, cfg=PriorConfig(**{**SHALLOW.to_dict(), "codebooks": (64,)}))
     with pytest.raises(WeightsError, match="codebooks"):
         load(tmp_path)
 

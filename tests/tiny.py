@@ -8,11 +8,12 @@ from PIL import Image
 
 from tokcodec.prior import Prior, PriorConfig, quantize
 from tokcodec.tokenizer import Tokenizer, TokenizerConfig
-from tokcodec.weights import bitstream_tensors, fidelity_decoder_id, model_id, save, save_decoder
+from tokcodec.weights import PRIOR_FILENAME, bitstream_tensors, fidelity_decoder_id, model_id, save, save_decoder, save_prior
 
 TOK_CFG = TokenizerConfig(code_dim=4, widths=(8, 8, 16), enc_blocks=(1, 1, 1), dec_blocks=(1, 1, 1),
                           codebooks=(64, 16))
 PRIOR_CFG = PriorConfig(dim=16, depth=2, heads=2, mlp=32, window=4, codebooks=(64, 16))
+SHALLOW = PriorConfig(**{**PRIOR_CFG.to_dict(), "depth": 1})
 
 
 def make_weights(path, seed: int = 0) -> bytes:
@@ -22,6 +23,18 @@ def make_weights(path, seed: int = 0) -> bytes:
     for blk in prior.blocks:  # non-trivial relative bias, so position handling is exercised
         blk.rel.data.normal_(0, 0.5)
     return save(path, tok, quantize(prior), PRIOR_CFG, {"note": "random test model"})
+
+
+def make_prior(folder, base=None, seed: int = 1, cfg: PriorConfig = SHALLOW) -> bytes:
+    """A random prior file (spec section 6) in `folder`, made for the base file there (or the
+    one at `base`); returns its prior-file id."""
+    from safetensors.torch import load_file
+    tensors = load_file(str(base if base is not None else folder / "tokc.safetensors"))
+    torch.manual_seed(seed)
+    prior = Prior(cfg)
+    for blk in prior.blocks:  # non-trivial relative bias, as in make_weights
+        blk.rel.data.normal_(0, 0.5)
+    return save_prior(folder / PRIOR_FILENAME, quantize(prior), cfg, tensors, {"note": "random test prior"})
 
 
 def photo(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
