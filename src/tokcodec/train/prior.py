@@ -218,16 +218,21 @@ def _split(grids, holdout: int):
     return train, val
 
 
+def held_out(val: dict[int, list[torch.Tensor]], crop: int, n: int = 4, batch: int = 32) -> dict[int, list[tuple]]:
+    """The validation set: n batches of crops of the held-out grids per codebook, drawn once
+    (fixed seed), so that every validation measures the same crops, stages and drops."""
+    draw = StageBatches(val, crop, 12345)
+    return {k: [draw.batch(k, batch) for _ in range(n)] for k in sorted(val, reverse=True)}
+
+
 @torch.no_grad()
-def validate(model: Prior, val: StageBatches, device, n: int = 4, batch: int = 32) -> dict[int, float]:
-    """Bits per token on the held-out grids: the same n batches of crops at every call."""
-    val = StageBatches(val.grids, val.crop, 12345)
+def validate(model: Prior, held: dict[int, list[tuple]], device) -> dict[int, float]:
+    """Bits per token on the validation set (`held_out`)."""
     model.eval()
     out = {}
     for k in model.cfg.codebooks:
         bits = []
-        for _ in range(n):
-            inp, toks, tgt = val.batch(k, batch)
+        for inp, toks, tgt in held[k]:
             tgt = tgt.to(device)
             logits = model(inp.to(device), k, tgt)
             ce = F.cross_entropy(logits.float(), toks.to(device)[tgt])
@@ -282,7 +287,7 @@ def train_prior(args) -> None:
             model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
             find_unused_parameters=True)
     batches = StageBatches(train, args.crop, args.seed + step + 1000 * rt.rank)
-    vbatches = StageBatches(val, args.crop, 12345)
+    held = held_out(val, args.crop, args.val_batches)
     if rt.main:
         print(f"prior: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
               f"{len(train[max(train)])} train grids, device {rt.device}", flush=True)
@@ -315,13 +320,13 @@ def train_prior(args) -> None:
         step += 1
         prog.update(step, args.batch * rt.world, **{f"bits{k}": loss.item() / math.log(2)})
         if rt.main and time.time() - last_save > args.save_minutes * 60:
-            v = validate(model, vbatches, rt.device, args.val_batches)
+            v = validate(model, held, rt.device)
             print("val bits/token " + " ".join(f"K={k}: {b:.3f} ({b / math.log2(k):.3f} of log2 K)" for k, b in v.items()), flush=True)
             save_checkpoint(ckpt, state())
             last_save = time.time()
     if rt.main:
         save_checkpoint(ckpt, state())
-        v = validate(model, vbatches, rt.device, args.val_batches)
+        v = validate(model, held, rt.device)
         print("final val bits/token " + " ".join(f"K={k}: {b:.3f}" for k, b in v.items()), flush=True)
         print(f"saved {ckpt} at step {step}", flush=True)
 
