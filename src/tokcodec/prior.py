@@ -184,6 +184,10 @@ class Block(nn.Module):
         """Features (B,H,W,C) -> (B,H,W,C), or the rows (N,C) at the boolean (B,H,W) `where`
         (attention reads every position; the rest acts on each position by itself)."""
         x = (x + self.attention(self.ln1(x))) if where is None else x[where] + self.attention(self.ln1(x), where)
+        return self.mlp(x)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's second half: x plus its MLP (acts on each position by itself)."""
         return x + self.fc2(F.relu(self.fc1(self.ln2(x))))
 
     def _bands(self, x: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
@@ -223,12 +227,10 @@ class Block(nn.Module):
             if where is not None:  # the rows asked: projection and MLP on all of them at once below
                 out.append(o[where[b.y0:b.y1]])
                 continue
-            xb = x[b.y0:b.y1] + self.proj(o)
-            out.append(xb + self.fc2(F.relu(self.fc1(self.ln2(xb)))))
+            out.append(self.mlp(x[b.y0:b.y1] + self.proj(o)))
         if where is None:
             return torch.cat(out).view(h, w, C)
-        x = x[where] + self.proj(torch.cat(out))
-        return x + self.fc2(F.relu(self.fc1(self.ln2(x))))
+        return self.mlp(x[where] + self.proj(torch.cat(out)))
 
 
 class Prior(nn.Module):
@@ -246,23 +248,19 @@ class Prior(nn.Module):
     def forward(self, tokens: torch.Tensor, k: int, where: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B,H,W) with K = [MASK] -> logits (B,H,W,K), or (N,K) at the N positions
         where the boolean (B,H,W) `where` is set (saves the output head elsewhere)."""
-        if not torch.is_grad_enabled() and tokens.shape[0] == 1:  # inference on one image: by bands
-            x = self.emb[str(k)](tokens[0])
-            w = None if where is None else where[0]
+        one = not torch.is_grad_enabled() and tokens.shape[0] == 1  # inference on one image: by bands
+        # batches of photo-size grids without gradients keep their freed blocks for reuse
+        large = not one and not torch.is_grad_enabled() and tokens.numel() >= LARGE_GRID_TOKENS
+        with reuse_large_blocks(large and tokens.device.type == "cpu"):
+            x = self.emb[str(k)](tokens[0] if one else tokens)
+            w = where[0] if one and where is not None else where
             for i, blk in enumerate(self.blocks):  # the last block on the rows asked only
-                x = blk._bands(x, w if i == len(self.blocks) - 1 else None)
+                asked = w if i == len(self.blocks) - 1 else None
+                x = blk._bands(x, asked) if one else blk(x, asked)
             if w is not None and not len(self.blocks):
                 x = x[w]
             x = self.head[str(k)](self.ln_out(x))
-            return x if w is not None else x.unsqueeze(0)
-        large = not torch.is_grad_enabled() and tokens.numel() >= LARGE_GRID_TOKENS and tokens.device.type == "cpu"
-        with reuse_large_blocks(large):  # batches of photo-size grids without gradients
-            x = self.emb[str(k)](tokens)
-            for i, blk in enumerate(self.blocks):  # the last block on the rows asked only
-                x = blk(x, where if i == len(self.blocks) - 1 else None)
-            if where is not None and not len(self.blocks):
-                x = x[where]
-            return self.head[str(k)](self.ln_out(x))
+            return x.unsqueeze(0) if one and w is None else x
 
 
 # ---------------------------------------------------------------------------------------------
