@@ -97,6 +97,18 @@ def test_bad_images_and_weights(api, tmp_path):
         tokcodec.encode(photo(32, 32), weights=3)
 
 
+def test_a_call_that_does_not_fit_the_signature_is_the_callers_error(api, good):
+    """A misspelt keyword is an ArgumentTypeError (a TypeError) naming it, not a CodecError
+    asking for a bug report."""
+    for call, name in ((lambda: api[1](photo(32, 32), bpp=0.03, correct=False), "correct"),
+                       (lambda: api[0](good, temprature=1.0), "temprature"),
+                       (lambda: describe(good, 10, 20), None)):
+        with pytest.raises(errors.ArgumentTypeError) as e:
+            call()
+        assert isinstance(e.value, TypeError) and "please report" not in str(e.value)
+        assert name is None or f"unexpected keyword argument '{name}'" in str(e.value)
+
+
 def test_encode_accepts_paths_and_bytes(api, tmp_path):
     photo(64, 48).save(tmp_path / "p.png")
     a = api[1](str(tmp_path / "p.png"), 0.3)

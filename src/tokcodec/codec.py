@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import inspect
 import itertools
 import os
 import zlib
@@ -761,10 +762,18 @@ NOT_CHECKED = ("the model id against installed weights", "that the model has the
 
 def public(fn):
     """Mark a public API function: whatever goes wrong inside raises a TokcError (weights and
-    image errors as WeightsError and ImageError; anything unexpected as CodecError, with the
-    original exception chained). MemoryError and KeyboardInterrupt pass through."""
+    image errors as WeightsError and ImageError; a call that does not fit the signature, such
+    as a misspelt keyword, as ArgumentTypeError, which is a TypeError; anything unexpected as
+    CodecError, with the original exception chained). MemoryError and KeyboardInterrupt pass
+    through."""
+    signature = inspect.signature(fn)
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as e:  # the caller's mistake, not tokc's: say so, without "report this"
+            raise ArgumentTypeError(f"{fn.__name__}(): {e}") from None
         try:
             return fn(*args, **kwargs)
         except TokcError:
