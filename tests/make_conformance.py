@@ -28,6 +28,7 @@ GENERATE_SHORT = [(0, 0), (7, 1000)]
 # the suite's prior file (spec section 6): a random prior for the test model whose config differs
 # from the base file's in every field a decoder must read from it (dim, depth, heads, mlp, window)
 PRIOR_FILE = dict(dim=24, depth=3, heads=3, mlp=40, window=8, seed=11)
+FIDELITY_SEED = 12  # the suite's fidelity decoder 1 (spec 8.4): random weights of decoder 0's shapes
 
 
 def varint(v: int) -> bytes:
@@ -118,7 +119,7 @@ def blocks_through_55_55() -> np.ndarray:
 
 
 def main() -> None:
-    from tiny import make_prior, photo
+    from tiny import make_fidelity, make_prior, photo
     from tokcodec import container, entropy
     from tokcodec.codec import Codec, Setting, describe
     from tokcodec.prior import PriorConfig
@@ -133,7 +134,11 @@ def main() -> None:
     tensors = load_file(str(MODEL))
     cfg = {k: v for k, v in PRIOR_FILE.items() if k != "seed"}
     prior_id = make_prior(OUT, seed=PRIOR_FILE["seed"], cfg=PriorConfig(**cfg, codebooks=(64, 16)))
-    suite = Codec(str(OUT), "cpu")  # the test model and the prior file: it reads every file of the suite
+    make_fidelity(OUT, number=1, seed=FIDELITY_SEED)
+    # the test model with the prior file and fidelity decoder 1: it reads every file of the suite,
+    # and the files it writes name both (as tokc does with weights v5)
+    suite = Codec(str(OUT), "cpu")
+    reference = None  # tests/refdecoder.py's model of the suite, for the expected pixels
     manifest = {
         "about": "tokc conformance suite: see spec/FORMAT.md section 9",
         "model": "tokc.safetensors",
@@ -141,6 +146,7 @@ def main() -> None:
         "legacy_model_id": model_id(tensors).hex(),
         "prior_file": PRIOR_FILENAME,
         "prior_file_model_id": prior_id.hex(),
+        "fidelity_decoders": {"1": "fidelity.safetensors"},
         "max_pixels": 64_000_000,
         "files": [],
     }
@@ -180,8 +186,10 @@ def main() -> None:
                 entry["generated"].append({"seed": seed, "t": t, "tokens": g.ravel().tolist()})
         if pixels:
             import refdecoder
+            nonlocal reference
+            reference = reference or refdecoder.Model(OUT / "tokc.safetensors")
             full = entry["generated"][0]["tokens"] if entry["generated"] else entry["tokens"]
-            rgb = refdecoder.render(full, *hd.grid, hd.codebook, refdecoder.Model(MODEL), hd.width, hd.height)
+            rgb = refdecoder.render(full, *hd.grid, hd.codebook, reference, hd.width, hd.height, fidelity=hd.decoder)
             shown = container.display_size(hd)
             if shown is not None:  # section 12: the rendered image upsampled to its display size
                 rgb = refdecoder.upsample(rgb, *shown)
@@ -243,7 +251,8 @@ def main() -> None:
     # ---- valid files of the prior file (its own model id, section 6), as tokc writes with weights v5
     decodable("prior_file_edge_k64_200x130.tkc", encode(200, 130, 64, "edge", 0.3, using=suite),
               "prior file's model id: coded and generated with the prior file's prior (dim 24, depth 3, "
-              "heads 3, window 8), mode edge, K=64")
+              "heads 3, window 8), mode edge, K=64; names fidelity decoder 1, whose pixels are given",
+              pixels=True)
     decodable("prior_file_checkerboard_k16_300x290.tkc", encode(300, 290, 16, "checkerboard", using=suite),
               "prior file's model id, mode checkerboard, K=16, 20x20 token grid (several windows of 8)",
               gen=GENERATE_SHORT)
@@ -283,8 +292,8 @@ def main() -> None:
             "a 1.3 header that ends after mask_check (no decoder field)")
     refused("refuse_mask_check.tkc", assemble(v, b[:-2] + bytes([b[-2] ^ 0x5A]) + b[-1:], pl), "mask_check",
             "mask_check of another keep mask")
-    refused("refuse_decoder_1.tkc", assemble(v, b[:-1] + b"\x01", pl), "decoder",
-            "fidelity decoder 1, which the test model does not have", "accept")
+    refused("refuse_decoder_2.tkc", assemble(v, b[:-1] + b"\x02", pl), "decoder",
+            "fidelity decoder 2, which the suite's weights do not have (they have 0 and 1)", "accept")
     refused("refuse_width_0.tkc", assemble(v, body_dims(b, width_bytes=b"\x00"), pl), "dimensions", "width 0")
     refused("refuse_width_65536.tkc", assemble(v, body_dims(b, width_bytes=varint(65536)), pl), "dimensions",
             "width 65536 (3-byte varint)")

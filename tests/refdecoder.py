@@ -570,9 +570,12 @@ class Model:
         # fidelity decoders (section 8.4): 0 is the base file's; a fidelity.safetensors beside
         # it adds the one its metadata numbers
         self.decoders = {0}
+        self.fidelity: dict[int, Weights] = {}  # decoder n >= 1: its weights (tensors fid.<name>)
         fid = Path(path).parent / "fidelity.safetensors" if Path(path).is_file() else Path(path) / "fidelity.safetensors"
         if fid.is_file():
-            self.decoders.add(int(Weights(fid).metadata["number"]))
+            extra = Weights(fid)
+            self.fidelity[int(extra.metadata["number"])] = extra
+            self.decoders.add(int(extra.metadata["number"]))
 
 
 def keep_mask(hd: Header, dec: RangeDecoder) -> list[bool]:
@@ -751,9 +754,10 @@ def generate(d: Decoded, model: Model, seed: int, t: int) -> list[int]:
 # ---------------------------------------------------------------------------- section 8: pixels
 
 def render(tokens: list[int], h: int, w: int, k: int, model: Model, width: int, height: int,
-           realism: float = 0.0, decoder: Weights | None = None, noise=None):
-    """Section 8 in float64: RGB uint8 array (height, width, 3). With a realism decoder file
-    (`decoder`, section 8.3) and r > 0, `noise(H, W)` supplies each block's N(0, 1) map."""
+           realism: float = 0.0, decoder: Weights | None = None, noise=None, fidelity: int = 0):
+    """Section 8 in float64: RGB uint8 array (height, width, 3). `fidelity`: the file's
+    fidelity decoder (8.4; n >= 1 from the model's fidelity.safetensors). With a realism decoder
+    file (`decoder`, section 8.3) and r > 0, `noise(H, W)` supplies each block's N(0, 1) map."""
     import math
 
     import numpy as np
@@ -767,6 +771,8 @@ def render(tokens: list[int], h: int, w: int, k: int, model: Model, width: int, 
 
     def pixels(r):  # the decoder of 8.2, with decoder realism r (8.3) when r > 0
         def t(name):
+            if r == 0 and fidelity:  # 8.4: y0 is decoder n's; the realism decoder extends decoder 0
+                return arr(model.fidelity[fidelity], f"fid.{name}")
             v = arr(wt, f"tok.decoder.{name}")
             return v + r * arr(decoder, "dec.delta." + name.replace(".", "__")) if r > 0 else v
 

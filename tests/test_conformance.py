@@ -52,6 +52,8 @@ def data(entry) -> bytes:
 def test_suite_uses_the_test_model_and_all_ids_agree(model, suite_codec):
     assert (SUITE / "tokc.safetensors").read_bytes() == (DATA / "tokc.safetensors").read_bytes()
     assert MANIFEST["prior_file"] == "prior.safetensors" and not (DATA / "prior.safetensors").exists()
+    assert MANIFEST["fidelity_decoders"] == {"1": "fidelity.safetensors"}
+    assert model.decoders == {0, 1} and suite_codec.model.fidelity == 1
     ids = (MANIFEST["model_id"], MANIFEST["legacy_model_id"], MANIFEST["prior_file_model_id"])
     assert tuple(i.hex() for i in model.ids) == ids
     m = suite_codec.model  # new files name the prior file's id; the base file's two stay accepted
@@ -70,6 +72,8 @@ def test_suite_covers_what_the_spec_lists():
     assert {h["model_id"] for h in hd} == {MANIFEST["model_id"], MANIFEST["legacy_model_id"],
                                            MANIFEST["prior_file_model_id"]}
     assert any(e["generated"] and e["header"]["model_id"] == MANIFEST["prior_file_model_id"] for e in DECODE)
+    # both fidelity decoders (section 8.4), each with expected pixels
+    assert {e["header"]["decoder"] for e in DECODE if "pixels" in e} == {0, 1}
     assert {e["reason"] for e in REFUSE} == {
         "magic", "truncated", "version", "file_crc", "header", "dimensions", "grid", "mode", "codebook",
         "extension", "schedule", "coder", "payload_length", "model", "payload", "token_crc", "mask_check",
@@ -149,8 +153,9 @@ def test_pixels_within_the_tolerance(entry, model, suite_codec):
     h = entry["header"]
     full = entry["generated"][0]["tokens"] if entry["generated"] else entry["tokens"]
     tokc = np.asarray(suite_codec.render(np.array(full).reshape(h["grid"]), h["codebook"],
-                                         (h["width"], h["height"]), px["realism"], px["seed"])).astype(int)
-    mine = ref.render(full, *h["grid"], h["codebook"], model, h["width"], h["height"])
+                                         (h["width"], h["height"]), px["realism"], px["seed"],
+                                         h["decoder"])).astype(int)
+    mine = ref.render(full, *h["grid"], h["codebook"], model, h["width"], h["height"], fidelity=h["decoder"])
     if "display" in px:  # section 12: upsampled to the display size
         from tokcodec.resample import upsample
         tokc = upsample(tokc.astype(np.uint8), tuple(px["display"])).astype(int)
