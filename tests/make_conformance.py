@@ -121,6 +121,7 @@ def blocks_through_55_55() -> np.ndarray:
 def main() -> None:
     from tiny import make_fidelity, make_prior, photo
     from tokcodec import container, entropy
+    from tokcodec import correction as tone
     from tokcodec.codec import Codec, Setting, describe
     from tokcodec.prior import PriorConfig
     from tokcodec.weights import PRIOR_FILENAME, bitstream_tensors, model_id
@@ -190,6 +191,9 @@ def main() -> None:
             reference = reference or refdecoder.Model(OUT / "tokc.safetensors")
             full = entry["generated"][0]["tokens"] if entry["generated"] else entry["tokens"]
             rgb = refdecoder.render(full, *hd.grid, hd.codebook, reference, hd.width, hd.height, fidelity=hd.decoder)
+            corr = refdecoder.correction_of(refdecoder.parse(data))
+            if corr is not None:  # section 11.3, before any upsampling to the display size
+                rgb = refdecoder.apply_correction(rgb, corr)
             shown = container.display_size(hd)
             if shown is not None:  # section 12: the rendered image upsampled to its display size
                 rgb = refdecoder.upsample(rgb, *shown)
@@ -248,6 +252,25 @@ def main() -> None:
         return body_exts(ent["body"], [(3, varint(w) + varint(h) + extra) for w, h in sizes])
     decodable("display_k64_40x24_to_100x61.tkc", assemble(ent["version"], shown((100, 61)), ent["payload"]),
               "extension 3: the 40x24 image shown at 100x61 (section 12)", pixels=True)
+    # extension 2 (tone and colour correction, section 11), added to files above: a colour grid
+    # (channel Y a smooth ramp, coded predicted; Cb and Cr noisy), a grey grid, and grey alone
+    def corrected(base: str, corr) -> bytes:
+        return container.with_extension(files[base], tone.TAG, tone.pack(corr), minor=1)
+    rng = np.random.default_rng(5)
+    gh, gw = tone.grid_shape(40, 24, 1)
+    ramp = 6 + 5 * np.arange(gh)[:, None] + 3 * np.arange(gw)[None, :]
+    colour = np.stack([ramp, rng.integers(-40, 41, (gh, gw)), rng.integers(-40, 41, (gh, gw))])
+    decodable("correction_k64_40x24.tkc", corrected("entire_k64_40x24.tkc", tone.Correction(1, False, (3, 2), colour)),
+              "extension 2: a 2x3 colour grid of 16-px cells (Y predicted, steps 3 and 2) on the 40x24 file",
+              pixels=True)
+    gh, gw = tone.grid_shape(31, 17, 1)
+    decodable("correction_grey_k16_31x17.tkc",
+              corrected("checkerboard_k16_31x17.tkc",
+                        tone.Correction(1, True, (5, 1), rng.integers(-12, 13, (1, gh, gw)))),
+              "extension 2: grey flag with a Y grid (step 5): the corrected picture in grey", pixels=True)
+    decodable("correction_grey_only_k16_1x1.tkc", corrected("entire_k16_1x1.tkc", tone.Correction(0, True)),
+              "extension 2: grey flag without a grid (2-byte body)", pixels=True)
+
     # ---- valid files of the prior file (its own model id, section 6), as tokc writes with weights v5
     decodable("prior_file_edge_k64_200x130.tkc", encode(200, 130, 64, "edge", 0.3, using=suite),
               "prior file's model id: coded and generated with the prior file's prior (dim 24, depth 3, "
@@ -318,6 +341,12 @@ def main() -> None:
     refused("refuse_display_over_limit.tkc",
             assemble(v, body_exts(body_dims(b, varint(4000), varint(4000)), [(3, varint(16000) + varint(16000))]), pl),
             "dimensions", "a 4000x4000 image shown at 16000x16000: over the default pixel limit of 64,000,000")
+    refused("refuse_correction_twice.tkc", assemble(v, body_exts(b, [(2, b"\x00\x00"), (2, b"\x00\x00")]), pl),
+            "extension", "two tone and colour corrections (extension 2)")
+    refused("refuse_correction_zero_step.tkc", assemble(v, body_exts(b, [(2, b"\x02\x00\x00\x02\x10\x10\x10")]), pl),
+            "extension", "a correction grid with step_y 0")
+    refused("refuse_correction_after_empty_grid.tkc", assemble(v, body_exts(b, [(2, b"\x00\x00\x00")]), pl),
+            "extension", "a byte after an empty correction grid's 2-byte body")
     refused("refuse_schedule_2.tkc", assemble(v, body_with(b, schedule_id=2), pl), "schedule", "schedule id 2")
     refused("refuse_coder_3.tkc", assemble(v, body_with(b, coder_id=3), pl), "coder", "coder id 3")
     refused("refuse_coder_0.tkc", assemble(v, body_with(b, coder_id=0), pl), "coder", "coder id 0")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from dataclasses import dataclass
 from decimal import Decimal, getcontext
@@ -191,8 +192,6 @@ def display(hd: Header) -> tuple[int, int] | None:
 
 def upsample(rgb, width: int, height: int):
     """Section 12.2 in float64: uint8 (h, w, 3) -> uint8 (height, width, 3)."""
-    import math
-
     import numpy as np
 
     def k(t):
@@ -610,9 +609,11 @@ def check_mask(hd: Header, keep: list[bool]) -> list[bool]:
 
 
 def describe(data: bytes) -> Header:
-    """What a reader without the model checks (section 1.7): the container and the block map."""
+    """What a reader without the model checks (section 1.7): the container, the correction
+    (section 11) and the block map."""
     hd = parse(data)
     check_ids(hd)
+    correction_of(hd)
     keep_mask(hd, RangeDecoder(hd.payload))
     return hd
 
@@ -627,6 +628,7 @@ def decode(data: bytes, model: Model) -> Decoded:
         raise Refuse("codebook", "K not in the model")
     if hd.decoder not in model.decoders:
         raise Refuse("decoder", "the file's fidelity decoder is not among the model's")
+    correction_of(hd)
     dec = RangeDecoder(hd.payload)
     keep = keep_mask(hd, dec)
     h, w = hd.grid
@@ -758,8 +760,6 @@ def render(tokens: list[int], h: int, w: int, k: int, model: Model, width: int, 
     """Section 8 in float64: RGB uint8 array (height, width, 3). `fidelity`: the file's
     fidelity decoder (8.4; n >= 1 from the model's fidelity.safetensors). With a realism decoder
     file (`decoder`, section 8.3) and r > 0, `noise(H, W)` supplies each block's N(0, 1) map."""
-    import math
-
     import numpy as np
 
     wt = model.weights
@@ -837,6 +837,43 @@ def render(tokens: list[int], h: int, w: int, k: int, model: Model, width: int, 
 
 
 # ------------------------------------------------------------------ section 11 (extension 2)
+def correction_of(hd: Header) -> tuple | None:
+    """The file's tone and colour correction, parsed (`correction`), or None: extension 2 counts
+    from minor 1 on, at most once."""
+    if hd.minor < 1:
+        return None
+    bodies = [body for tag, body in hd.extensions if tag == 2]
+    if len(bodies) > 1:
+        raise Refuse("extension", "two tone and colour corrections")
+    return correction(bodies[0], hd.width, hd.height) if bodies else None
+
+
+def apply_correction(rgb, corr: tuple):
+    """Section 11.3 in float64: the corrected uint8 pixels (height, width, 3)."""
+    import numpy as np
+    cell, grey, (step_y, step_c), values = corr
+    height, width = rgb.shape[:2]
+    out = rgb.astype(np.float64)
+    if cell:
+        def weights(n: int, g: int):  # bilinear, cell centres aligned, edges clamped
+            m = np.zeros((n, g))
+            for y in range(n):
+                t = max(0.0, (y + 0.5) * g / n - 0.5)
+                i0 = int(math.floor(t))
+                m[y, i0] += 1 - (t - i0)
+                m[y, min(i0 + 1, g - 1)] += t - i0
+            return m
+        gh, gw = len(values[0]), len(values[0][0])
+        ay, ax = weights(height, gh), weights(width, gw)
+        up = [ay @ (np.array(v, dtype=np.float64) * step) @ ax.T
+              for v, step in zip(values, (step_y, step_c, step_c))]
+        y, cb, cr = up if not grey else (up[0], 0.0, 0.0)
+        out += np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], -1)
+    if grey:
+        out = np.repeat((0.299 * out[..., 0] + 0.587 * out[..., 1] + 0.114 * out[..., 2])[..., None], 3, -1)
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
 def correction(body: bytes, width: int, height: int) -> tuple:
     """Section 11.1-11.3: (cell, grey, (step_y, step_c), values[channel][row][col])."""
     if len(body) < 2:

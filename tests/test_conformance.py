@@ -23,7 +23,7 @@ TOKC_REASONS = [
     ("magic", r"magic bytes|is an image"), ("truncated", r"^file is truncated$"), ("version", r"format version"),
     ("file_crc", r"file CRC-32 mismatch"), ("header", r"varint|header is cut short|header length|after its last field"),
     ("dimensions", r"image size|over the limit"), ("grid", r"token size"), ("mode", r"mask mode"),
-    ("extension", r"critical extension|display size"), ("schedule", r"uses schedule"), ("coder", r"uses coder"),
+    ("extension", r"critical extension|display size|tone and colour correction"), ("schedule", r"uses schedule"), ("coder", r"uses coder"),
     ("codebook", r"codebook"), ("payload_length", r"whole number of 32-bit words"), ("model", r"made with model"),
     ("token_crc", r"fail their CRC-32"), ("mask_check", r"mask check"), ("decoder", r"fidelity decoder"),
     ("payload", r"damaged|payload"),
@@ -72,6 +72,9 @@ def test_suite_covers_what_the_spec_lists():
     assert {h["model_id"] for h in hd} == {MANIFEST["model_id"], MANIFEST["legacy_model_id"],
                                            MANIFEST["prior_file_model_id"]}
     assert any(e["generated"] and e["header"]["model_id"] == MANIFEST["prior_file_model_id"] for e in DECODE)
+    # tone and colour corrections (section 11) with expected pixels: colour, grey with a grid, grey alone
+    assert {e["header"]["extensions"][0][1][:4] for e in DECODE if "pixels" in e and e["header"]["extensions"]
+            and e["header"]["extensions"][0][0] == 2} == {"0102", "0103", "0001"}
     # both fidelity decoders (section 8.4), each with expected pixels
     assert {e["header"]["decoder"] for e in DECODE if "pixels" in e} == {0, 1}
     assert {e["reason"] for e in REFUSE} == {
@@ -134,7 +137,7 @@ def test_refusals(entry, model, suite_codec):
         ref.decode(raw, model)
     assert r.value.reason == entry["reason"]
     with pytest.raises((ValueError, RuntimeError)) as t:  # FormatError, CodecError, DecodeError
-        suite_codec.decode_tokens(suite_codec.read(raw, MANIFEST["max_pixels"]))
+        suite_codec.decode(raw, max_pixels=MANIFEST["max_pixels"])  # the whole decode: correction included
     assert tokc_reason(t.value) == entry["reason"]
     # a reader without the model (tokc info) refuses exactly the files the spec says it can
     for reader, errors in ((ref.describe, ref.Refuse), (describe, (ValueError, RuntimeError))):
@@ -156,6 +159,12 @@ def test_pixels_within_the_tolerance(entry, model, suite_codec):
                                          (h["width"], h["height"]), px["realism"], px["seed"],
                                          h["decoder"])).astype(int)
     mine = ref.render(full, *h["grid"], h["codebook"], model, h["width"], h["height"], fidelity=h["decoder"])
+    corr = ref.correction_of(ref.parse(data(entry)))
+    if corr is not None:  # section 11.3, each implementation its own
+        from tokcodec.correction import read_correction
+        tokc = np.asarray(suite_codec.finish_pixels(Image.fromarray(tokc.astype(np.uint8)),
+                                                    read_correction(suite_codec.read(data(entry))))).astype(int)
+        mine = ref.apply_correction(mine, corr)
     if "display" in px:  # section 12: upsampled to the display size
         from tokcodec.resample import upsample
         tokc = upsample(tokc.astype(np.uint8), tuple(px["display"])).astype(int)
