@@ -263,6 +263,10 @@ def main() -> None:
     decodable("correction_k64_40x24.tkc", corrected("entire_k64_40x24.tkc", tone.Correction(1, False, (3, 2), colour)),
               "extension 2: a 2x3 colour grid of 16-px cells (Y predicted, steps 3 and 2) on the 40x24 file",
               pixels=True)
+    decodable("correction_display_k64_40x24_to_100x61.tkc",
+              corrected("display_k64_40x24_to_100x61.tkc", tone.Correction(1, False, (3, 2), colour)),
+              "extensions 3 and 2, as tokc's reduced files carry them: the 40x24 image corrected at its "
+              "coded size (section 11), then shown at 100x61 (section 12.2)", pixels=True)
     gh, gw = tone.grid_shape(31, 17, 1)
     decodable("correction_grey_k16_31x17.tkc",
               corrected("checkerboard_k16_31x17.tkc",
