@@ -109,11 +109,18 @@ def window_bands(h: int, shift: int, win: int, per: int):
         yield Band(r0, nr, py0, py1, y0, y1, y0 + shift - py0)
 
 
-def band_validity(h: int, w: int, shift: int, win: int, band: Band, device=None) -> torch.Tensor:
+def in_band(t: torch.Tensor, band: Band, shift: int, wp: int) -> torch.Tensor:
+    """A band's grid rows t (y1 - y0, w, ...) placed at (a, shift) in zeros of its padded rows:
+    (py1 - py0, wp, ...)."""
+    out = t.new_zeros(band.py1 - band.py0, wp, *t.shape[2:])
+    out[band.a:band.a + t.shape[0], shift:shift + t.shape[1]] = t
+    return out
+
+
+def band_validity(w: int, shift: int, win: int, band: Band, device=None) -> torch.Tensor:
     """Key validity (windows, win*win) of a band's windows: inside the grid or padding."""
-    valid = torch.zeros(band.py1 - band.py0, padded_side(w, shift, win), dtype=torch.bool, device=device)
-    valid[band.a:band.a + band.y1 - band.y0, shift:shift + w] = True
-    return window_validity(valid, win)
+    inside = torch.ones(band.y1 - band.y0, w, dtype=torch.bool, device=device)
+    return window_validity(in_band(inside, band, shift, padded_side(w, shift, win)), win)
 
 
 def partition(x: torch.Tensor, win: int, shift: int):
@@ -209,15 +216,12 @@ class Block(nn.Module):
         padded = (padded_side(h, shift, win), wp) != (h, w)
         out = []
         for b in window_bands(h, shift, win, max(1, BAND_TOKENS // (win * wp))):
-            qkv = self.qkv(self.ln1(x[b.y0:b.y1]))
-            band = qkv.new_zeros(b.py1 - b.py0, wp, 3 * C)
-            band[b.a:b.a + b.y1 - b.y0, shift:shift + w] = qkv
-            del qkv
+            band = in_band(self.qkv(self.ln1(x[b.y0:b.y1])), b, shift, wp)
             n = b.nr * nw
             xw = band.view(b.nr, win, nw, win, 3 * C).permute(0, 2, 1, 3, 4).reshape(n, L, 3 * C)
             q, k, v = xw.view(n, L, 3, heads, hd).permute(2, 0, 3, 1, 4)
             if padded:
-                vw = band_validity(h, w, shift, win, b, x.device)
+                vw = band_validity(w, shift, win, b, x.device)
                 bias = rel.unsqueeze(0) + torch.where(vw, 0.0, float("-inf")).to(x.dtype).view(n, 1, 1, L)
             else:
                 bias = rel.unsqueeze(0)
@@ -306,9 +310,10 @@ def _rowwise_into(fn, x: torch.Tensor) -> torch.Tensor:
 
 
 def _lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """table[idx] for a 1-D table and integer-valued indices of any float or integer dtype: a
-    1-D index_select with int32 indices (half the time of advanced indexing with int64 ones)."""
-    return table.index_select(0, idx.reshape(-1).to(torch.int32)).view(idx.shape)
+    """table[idx], rows of a table of any rank, for integer-valued indices of any float or
+    integer dtype: an index_select with int32 indices (half the time of advanced indexing with
+    int64 ones)."""
+    return table.index_select(0, idx.reshape(-1).to(torch.int32)).view(*idx.shape, *table.shape[1:])
 
 
 def _rowwise_add_(x: torch.Tensor, fn, src: torch.Tensor | None = None) -> torch.Tensor:
@@ -565,20 +570,14 @@ class ExactPrior:
         shift = (i % 2) * (win // 2)
         w = ids.shape[1]
         wp = padded_side(w, shift, win)
-        y0, y1, a = b.y0, b.y1, b.a
+        y0, y1 = b.y0, b.y1
         inner = shift == 0 and wp == w and y1 - y0 == b.py1 - b.py0  # no padding in the band
         if i == 0:
-            if inner:
-                band = ids[y0:y1].reshape(-1) + 1
-            else:
-                band = ids.new_zeros(b.py1 - b.py0, wp)
-                band[a:a + y1 - y0, shift:shift + w] = ids[y0:y1] + 1
-            return self.first_qkv(k)[which].index_select(0, band.reshape(-1).to(torch.int32))
+            table, band = self.first_qkv(k)[which], ids[y0:y1] + 1
+            return _lookup(table, band if inner else in_band(band, b, shift, wp)).view(-1, table.shape[1])
         normed = self._layernorm(x[y0:y1].reshape(-1, C), f"b{i}.ln1")
         if not inner:
-            band = normed.new_zeros(b.py1 - b.py0, wp, C)
-            band[a:a + y1 - y0, shift:shift + w] = normed.view(y1 - y0, w, C)
-            normed = band.view(-1, C)
+            normed = in_band(normed.view(y1 - y0, w, C), b, shift, wp).view(-1, C)
         cols = (None, slice(0, C), slice(C, 3 * C))[which]
         return self._linear(normed, f"b{i}.qkv", cols)
 
@@ -598,7 +597,7 @@ class ExactPrior:
         for b in window_bands(h, shift, win, max(1, CHUNK // (win * wp))):
             t = self._band_windows(x, ids, k, i, b, 0).view(b.nr, win, nw, win, 3, heads, hd)
             t = t.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, b.nr * nw, heads, L, hd)  # (3, windows, heads, L, hd)
-            o = self._attend(t[0], t[1], t[2], self.rel[i], band_validity(h, w, shift, win, b, self.device))
+            o = self._attend(t[0], t[1], t[2], self.rel[i], band_validity(w, shift, win, b, self.device))
             del t
             o = o.view(b.nr, nw, heads, win, win, hd).permute(0, 3, 1, 4, 2, 5).reshape(b.nr * win, wp, C)
             xb = x[b.y0:b.y1].view(-1, C)
@@ -630,7 +629,7 @@ class ExactPrior:
         cell = group * m + torch.arange(len(order), device=rows.device) - (torch.cumsum(counts, 0) - counts)[group]
         asked = rows[order]
         if i == 0:
-            qr = self.first_qkv(k)[1].index_select(0, (ids.reshape(-1)[asked] + 1).to(torch.int32))
+            qr = _lookup(self.first_qkv(k)[1], ids.reshape(-1)[asked] + 1)
         else:
             qr = self._linear(self._layernorm(x.view(-1, C)[asked], f"b{i}.ln1"), f"b{i}.qkv", slice(0, C))
         q = torch.zeros(len(used) * m, C, dtype=self.dtype, device=self.device)
@@ -653,7 +652,7 @@ class ExactPrior:
             kv = kv.view(u1 - u0, L, 2, heads, hd).permute(2, 0, 3, 1, 4)
             qc = q[u0 * m:u1 * m].view(u1 - u0, m, heads, hd).transpose(1, 2)
             bias = self.rel[i][:, slot[u0 * m:u1 * m].view(u1 - u0, m)].transpose(0, 1)  # (windows, heads, M, L)
-            valid = band_validity(h, w, shift, win, b, self.device).index_select(0, local)
+            valid = band_validity(w, shift, win, b, self.device).index_select(0, local)
             out[u0 * m:u1 * m].view(u1 - u0, m, heads, hd).copy_(self._attend(qc, kv[0], kv[1], bias, valid).transpose(1, 2))
         att = torch.empty(len(rows), C, dtype=self.dtype, device=self.device)
         att[order] = out[cell]
@@ -678,7 +677,7 @@ class ExactPrior:
             rows = rows.to(self.device)
         with reuse_large_blocks(tokens.numel() >= LARGE_GRID_TOKENS and self.device.type == "cpu"):
             tokens = tokens.to(self.device)
-            x = self.p[f"emb.{k}"].index_select(0, tokens.reshape(-1).to(torch.int32)).view(*tokens.shape, -1)
+            x = _lookup(self.p[f"emb.{k}"], tokens)
             for i in range(depth):
                 if i == depth - 1 and rows is not None:
                     x = self._last_block(x, tokens, k, i, rows)
