@@ -119,6 +119,7 @@ def blocks_through_55_55() -> np.ndarray:
 
 
 def main() -> None:
+    import refdecoder
     from tiny import make_fidelity, make_prior, photo
     from tokcodec import container, entropy
     from tokcodec import correction as tone
@@ -139,7 +140,7 @@ def main() -> None:
     # the test model with the prior file and fidelity decoder 1: it reads every file of the suite,
     # and the files it writes name both (as tokc does with weights v5)
     suite = Codec(str(OUT), "cpu")
-    reference = None  # tests/refdecoder.py's model of the suite, for the expected pixels
+    reference = refdecoder.Model(OUT / "tokc.safetensors")  # the suite's weights, for the expected pixels
     manifest = {
         "about": "tokc conformance suite: see spec/FORMAT.md section 9",
         "model": "tokc.safetensors",
@@ -186,9 +187,6 @@ def main() -> None:
                 g = suite.for_model(hd.model_id).generate(tokens, keep, hd.codebook, seed, t / 1000, hd.coder_id)
                 entry["generated"].append({"seed": seed, "t": t, "tokens": g.ravel().tolist()})
         if pixels:
-            import refdecoder
-            nonlocal reference
-            reference = reference or refdecoder.Model(OUT / "tokc.safetensors")
             full = entry["generated"][0]["tokens"] if entry["generated"] else entry["tokens"]
             rgb = refdecoder.render(full, *hd.grid, hd.codebook, reference, hd.width, hd.height, fidelity=hd.decoder)
             corr = refdecoder.correction_of(refdecoder.parse(data))

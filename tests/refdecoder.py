@@ -568,13 +568,12 @@ class Model:
             self.ids = (*self.ids, new_id)
         # fidelity decoders (section 8.4): 0 is the base file's; a fidelity.safetensors beside
         # it adds the one its metadata numbers
-        self.decoders = {0}
         self.fidelity: dict[int, Weights] = {}  # decoder n >= 1: its weights (tensors fid.<name>)
         fid = Path(path).parent / "fidelity.safetensors" if Path(path).is_file() else Path(path) / "fidelity.safetensors"
         if fid.is_file():
             extra = Weights(fid)
             self.fidelity[int(extra.metadata["number"])] = extra
-            self.decoders.add(int(extra.metadata["number"]))
+        self.decoders = {0, *self.fidelity}
 
 
 def keep_mask(hd: Header, dec: RangeDecoder) -> list[bool]:
